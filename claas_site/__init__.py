@@ -1,0 +1,1 @@
+"""CLaaS: Continual-Learning-as-a-Service."""

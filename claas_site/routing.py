@@ -1,0 +1,8 @@
+"""Websocket routes of every app."""
+from django.urls import path
+
+from clserver import consumers
+
+websocket_urlpatterns = [
+    path("ws/experiments/<str:username>/<str:exp_name>/", consumers.ExperimentConsumer.as_asgi()),
+]

@@ -1,0 +1,234 @@
+"""Django settings: every value read from the environment here, with embedded defaults."""
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def _env_bool(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+def _env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+# --- the data directory: SQLite files, MLflow store, checkpoints, uploads -----------------
+DATA_DIR = Path(os.environ.get("CLAAS_DATA_DIR", BASE_DIR / "var")).resolve()
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+DATASET_ROOT = Path(os.environ.get("CLAAS_DATASET_ROOT", DATA_DIR / "datasets")).resolve()
+MEDIA_ROOT = DATA_DIR / "files"
+MEDIA_URL = "/files/"
+CHECKPOINT_DIR = DATA_DIR / "checkpoints"
+DEPLOYMENT_DIR = DATA_DIR / "deployments"
+
+
+def _secret_key() -> str:
+    key = os.environ.get("CLAAS_SECRET_KEY")
+    if key:
+        return key
+    key_file = DATA_DIR / "secret_key"
+    if not key_file.exists():
+        # Written once so that sessions and tokens survive restarts.
+        key_file.write_text(secrets.token_urlsafe(64))
+        key_file.chmod(0o600)
+    return key_file.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = _env_bool("CLAAS_DEBUG")
+ALLOWED_HOSTS = _env_list("CLAAS_ALLOWED_HOSTS", "127.0.0.1,localhost")
+CSRF_TRUSTED_ORIGINS = _env_list("CLAAS_CSRF_TRUSTED_ORIGINS", "")
+
+# Production-like deployments set CLAAS_SECURE=1 behind TLS.
+_SECURE = _env_bool("CLAAS_SECURE")
+SESSION_COOKIE_SECURE = _SECURE
+CSRF_COOKIE_SECURE = _SECURE
+SECURE_SSL_REDIRECT = _SECURE
+SECURE_HSTS_SECONDS = 31536000 if _SECURE else 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _SECURE
+SECURE_HSTS_PRELOAD = _SECURE
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if _SECURE else None
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "channels",
+    "huey.contrib.djhuey",
+    "modelfactory",
+    "clserver",
+    "frontend",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "claas_site.urls"
+ASGI_APPLICATION = "claas_site.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- database ------------------------------------------------------------------------------
+SQLITE_BUSY_TIMEOUT_S = 30
+DATABASE_URL = os.environ.get("DATABASE_URL", "")
+if DATABASE_URL:
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": DATA_DIR / "claas.sqlite3",
+            "OPTIONS": {
+                # WAL lets the web process read while the worker writes; the busy timeout
+                # and IMMEDIATE transactions keep "database is locked" away from users.
+                "timeout": SQLITE_BUSY_TIMEOUT_S,
+                "transaction_mode": "IMMEDIATE",
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
+            "TEST": {"NAME": DATA_DIR / "test_claas.sqlite3"},
+        }
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATIC_ROOT = DATA_DIR / "static"
+# Front-end libraries come from the npm registry (package.json), never from the repository.
+NODE_MODULES_DIR = BASE_DIR / "node_modules"
+STATICFILES_DIRS = [("vendor", NODE_MODULES_DIR)] if NODE_MODULES_DIR.exists() else []
+WHITENOISE_USE_FINDERS = True
+
+# --- uploads and limits ----------------------------------------------------------------------
+MAX_UPLOAD_BYTES = _env_int("CLAAS_MAX_UPLOAD_BYTES", 200 * 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+MAX_DATASET_ROWS = _env_int("CLAAS_MAX_DATASET_ROWS", 1_000_000)
+MAX_DATASET_COLUMNS = _env_int("CLAAS_MAX_DATASET_COLUMNS", 4096)
+
+# --- REST API ----------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "claas_site.errors.exception_handler",
+    "DEFAULT_PAGINATION_CLASS": None,
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "CLaaS API",
+    "DESCRIPTION": "Continual-Learning-as-a-Service: register models, run continual-learning "
+    "experiments, deploy models that detect drift and update themselves by replay.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- jobs (Huey) -------------------------------------------------------------------------------
+REDIS_URL = os.environ.get("CLAAS_REDIS_URL", "")
+if REDIS_URL:
+    HUEY = {
+        "huey_class": "huey.RedisHuey",
+        "name": os.environ.get("CLAAS_HUEY_NAME", "claas"),
+        "url": REDIS_URL,
+        "immediate": False,
+        "consumer": {"workers": 1, "worker_type": "thread"},
+    }
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": os.environ.get("CLAAS_HUEY_NAME", "claas")},
+        }
+    }
+else:
+    HUEY = {
+        "huey_class": "huey.SqliteHuey",
+        "name": "claas",
+        "filename": str(DATA_DIR / "huey.sqlite3"),
+        "immediate": False,
+        "consumer": {"workers": 1, "worker_type": "thread"},
+    }
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# A running job writes a heartbeat this often; a job silent for longer than the timeout is
+# taken as abandoned by its worker and re-queued (at most JOB_MAX_ATTEMPTS times).
+JOB_HEARTBEAT_S = float(os.environ.get("CLAAS_JOB_HEARTBEAT_S", "5"))
+JOB_STALE_AFTER_S = float(os.environ.get("CLAAS_JOB_STALE_AFTER_S", "30"))
+JOB_REAPER_INTERVAL_S = float(os.environ.get("CLAAS_JOB_REAPER_INTERVAL_S", "10"))
+JOB_MAX_ATTEMPTS = _env_int("CLAAS_JOB_MAX_ATTEMPTS", 3)
+
+# --- MLflow -----------------------------------------------------------------------------------
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+MLFLOW_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{DATA_DIR / 'mlflow.db'}")
+MLFLOW_ARTIFACT_ROOT = os.environ.get("CLAAS_MLFLOW_ARTIFACT_ROOT", str(DATA_DIR / "mlartifacts"))
+MLFLOW_UI_URL = os.environ.get("CLAAS_MLFLOW_UI_URL", "http://127.0.0.1:5000")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("CLAAS_LOG_LEVEL", "INFO")},
+    "loggers": {
+        "alembic": {"level": "WARNING"},
+        "huey": {"level": "INFO"},
+        "django.channels.server": {"level": "WARNING"},
+    },
+}

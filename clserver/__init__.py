@@ -1,0 +1,1 @@
+"""CL server: experiments, benchmarks, strategies, runner, drift, deployments, tracking."""

@@ -1,0 +1,39 @@
+"""Progress events: stored in the database, then pushed to the experiment's channel group."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
+from clserver.models import Experiment, ExperimentEvent
+
+logger = logging.getLogger(__name__)
+
+
+def experiment_group(*, owner_id: int, name: str) -> str:
+    # Group names allow only ASCII alphanumerics, hyphens, underscores and periods.
+    return f"exp.{owner_id}.{name}"[:99]
+
+
+def event_as_message(event: ExperimentEvent) -> dict[str, Any]:
+    return {"id": event.id, "type": event.type, "time": event.created_at.isoformat(), **event.payload}
+
+
+def group_publish(group: str, message: dict[str, Any]) -> None:
+    """Push to a channel group; a failing layer never breaks the job (clients also tail the DB)."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        async_to_sync(layer.group_send)(group, {"type": "push.event", "event": message})
+    except Exception:  # the event is stored already; a live push is best effort
+        logger.warning("Could not publish to channel group %s", group, exc_info=True)
+
+
+def experiment_event_record(*, experiment: Experiment, type: str, payload: dict[str, Any]) -> ExperimentEvent:
+    event = ExperimentEvent.objects.create(experiment=experiment, type=type, payload=payload)
+    group_publish(experiment_group(owner_id=experiment.owner_id, name=experiment.name),
+                  event_as_message(event))
+    return event

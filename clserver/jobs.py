@@ -1,0 +1,159 @@
+"""The job lifecycle in one place: claim, heartbeat, cancel, finish or fail, re-queue.
+
+Jobs are rows (experiments, deployment updates) with a status, a heartbeat and a run token.
+A job subclass implements only `run()`; `handle()` owns everything around it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from datetime import timedelta
+from typing import Any, Callable
+
+from django.conf import settings
+from django.db import close_old_connections, connection, models, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from clserver.models import JobStatus
+
+logger = logging.getLogger(__name__)
+
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+CANCEL_POLL_S = 1.0
+
+
+class JobCancelled(Exception):
+    """Raised inside a job when its user asked to cancel it."""
+
+
+class JobSuperseded(Exception):
+    """Raised inside a job when another attempt has taken it over."""
+
+
+class JobRunner:
+    """Runs one job row; subclasses implement run() and may use self.check_cancel()."""
+
+    model: type[models.Model]
+    stop_reason: str = ""
+
+    def __init__(self, job_id: int) -> None:
+        self.job_id = job_id
+        self.token = uuid.uuid4().hex
+        self.row: Any = None
+        self._cancelled = threading.Event()
+        self._superseded = threading.Event()
+        self._stop = threading.Event()
+
+    # --- for subclasses ----------------------------------------------------------------------
+    def run(self) -> None:
+        raise NotImplementedError
+
+    def on_status(self, status: str, error: str = "") -> None:
+        """Called after every status change (to record an event)."""
+
+    def check_cancel(self) -> None:
+        if self._superseded.is_set():
+            raise JobSuperseded()
+        if self._cancelled.is_set():
+            raise JobCancelled()
+
+    def update(self, **fields: Any) -> int:
+        """Write fields on the row, only while this attempt still owns it."""
+        return self.model.objects.filter(pk=self.job_id, run_token=self.token).update(**fields)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def claim(self) -> bool:
+        now = timezone.now()
+        claimed = self.model.objects.filter(pk=self.job_id, status=JobStatus.QUEUED).update(
+            status=JobStatus.RUNNING, run_token=self.token, worker=WORKER_ID, heartbeat_at=now,
+            started_at=now, attempts=F("attempts") + 1,
+        )
+        if claimed:
+            self.row = self.model.objects.get(pk=self.job_id)
+        return bool(claimed)
+
+    def handle(self) -> str | None:
+        close_old_connections()
+        if not self.claim():
+            logger.info("%s %s is not queued any more; skipping", self.model.__name__, self.job_id)
+            return None
+        self.on_status(JobStatus.RUNNING)
+        beat = threading.Thread(target=self._heartbeat, name=f"heartbeat-{self.job_id}", daemon=True)
+        beat.start()
+        status, error = JobStatus.COMPLETED, ""
+        try:
+            self.run()
+        except JobCancelled:
+            status = JobStatus.CANCELLED
+        except JobSuperseded:
+            logger.warning("%s %s was taken over by another attempt", self.model.__name__, self.job_id)
+            return None
+        except Exception as exc:
+            logger.exception("%s %s failed", self.model.__name__, self.job_id)
+            status, error = JobStatus.FAILED, _error_sentence(exc)
+        finally:
+            self._stop.set()
+            beat.join(timeout=10)
+        self.finish(status, error)
+        return status
+
+    def finish(self, status: str, error: str = "") -> None:
+        if self.update(status=status, error=error, finished_at=timezone.now(), heartbeat_at=None):
+            self.on_status(status, error)
+
+    def _heartbeat(self) -> None:
+        last_beat = timezone.now()
+        try:
+            while not self._stop.wait(CANCEL_POLL_S):
+                row = self.model.objects.filter(pk=self.job_id).values("run_token", "cancel_requested").first()
+                if row is None or row["run_token"] != self.token:
+                    self._superseded.set()
+                    return
+                if row["cancel_requested"]:
+                    self._cancelled.set()
+                now = timezone.now()
+                if (now - last_beat).total_seconds() >= settings.JOB_HEARTBEAT_S:
+                    self.update(heartbeat_at=now)
+                    last_beat = now
+        except Exception:
+            logger.exception("heartbeat of %s %s stopped", self.model.__name__, self.job_id)
+        finally:
+            connection.close()
+
+
+def _error_sentence(exc: Exception) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:500]
+
+
+def job_requeue_stale(*, model: type[models.Model], enqueue: Callable[[int], None],
+                      on_failed: Callable[[Any, str], None] | None = None) -> list[int]:
+    """Re-queue running jobs whose worker stopped beating; fail those out of attempts.
+
+    Each transition is one conditional UPDATE, so with many reapers only one wins.
+    """
+    cutoff = timezone.now() - timedelta(seconds=settings.JOB_STALE_AFTER_S)
+    requeued: list[int] = []
+    stale = model.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff)
+    for row in stale.only("id", "attempts", "run_token"):
+        base = model.objects.filter(pk=row.pk, status=JobStatus.RUNNING, run_token=row.run_token,
+                                    heartbeat_at__lt=cutoff)
+        if row.attempts >= settings.JOB_MAX_ATTEMPTS:
+            reason = (f"The worker stopped responding {row.attempts} times "
+                      f"(no heartbeat for {int(settings.JOB_STALE_AFTER_S)} s); giving up.")
+            if base.update(status=JobStatus.FAILED, error=reason, finished_at=timezone.now(),
+                           heartbeat_at=None, run_token="") and on_failed:
+                on_failed(row, reason)
+            continue
+        with transaction.atomic():
+            if base.update(status=JobStatus.QUEUED, run_token="", heartbeat_at=None,
+                           queued_at=timezone.now(), worker=""):
+                requeued.append(row.pk)
+                transaction.on_commit(lambda pk=row.pk: enqueue(pk))
+    if requeued:
+        logger.warning("re-queued %s %s after a missed heartbeat", model.__name__, requeued)
+    return requeued

@@ -1,0 +1,79 @@
+"""Reads of the CL server."""
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+
+from claas_site.errors import Forbidden, NotFound
+from clserver.models import Dataset, Experiment, ExperimentEvent
+
+
+def path_user_check(*, user: Any, username: str) -> None:
+    """`<username>` in a path must be the caller."""
+    if user.username != username:
+        raise Forbidden("The username in the path is not the authenticated user.")
+
+
+def experiment_list(*, owner: Any) -> QuerySet[Experiment]:
+    return Experiment.objects.filter(owner=owner)
+
+
+def experiment_get(*, owner: Any, name: str) -> Experiment:
+    experiment = Experiment.objects.filter(owner=owner, name=name).first()
+    if experiment is None:
+        raise NotFound(f"You have no experiment named '{name}'.")
+    return experiment
+
+
+def experiment_events(*, experiment: Experiment, after: int = 0, limit: int = 1000) -> QuerySet[ExperimentEvent]:
+    return experiment.events.filter(id__gt=after).order_by("id")[:limit]
+
+
+def experiment_status(*, experiment: Experiment) -> dict[str, Any]:
+    n_exp = experiment.options.get("benchmark", {}).get("n_experiences")
+    epochs = experiment.options.get("training", {}).get("epochs")
+    return {
+        "exp_name": experiment.name,
+        "status": experiment.status,
+        "progress": round(experiment.progress, 4),
+        "experience": experiment.experience,
+        "epoch": experiment.epoch,
+        "n_experiences": n_exp,
+        "epochs": epochs,
+        "attempts": experiment.attempts,
+        "error": experiment.error or None,
+        "started_at": experiment.started_at,
+        "finished_at": experiment.finished_at,
+    }
+
+
+def experiment_results(*, experiment: Experiment) -> dict[str, Any]:
+    """The results document: stored results, with the current status (partial while running)."""
+    body = {
+        "exp_name": experiment.name,
+        "status": experiment.status,
+        "config": experiment.options,
+        "metrics": {},
+        "experiences": [],
+        "cost": {},
+        "model": None,
+        "mlflow": None,
+        **experiment.results,
+    }
+    body["status"] = experiment.status
+    body["progress"] = round(experiment.progress, 4)
+    if experiment.error:
+        body["error"] = experiment.error
+    return body
+
+
+def dataset_list(*, owner: Any) -> QuerySet[Dataset]:
+    return Dataset.objects.filter(owner=owner)
+
+
+def dataset_get(*, owner: Any, name: str) -> Dataset:
+    dataset = Dataset.objects.filter(owner=owner, name=name).first()
+    if dataset is None:
+        raise NotFound(f"You have no dataset named '{name}'.")
+    return dataset

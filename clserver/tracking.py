@@ -1,0 +1,153 @@
+"""The one boundary to MLflow: runs, metrics, logged models, the model registry and aliases."""
+from __future__ import annotations
+
+import logging
+import threading
+from functools import lru_cache
+from typing import Any
+
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+# Fluent MLflow calls use process-global state; one lock keeps worker threads apart.
+_FLUENT_LOCK = threading.RLock()
+PIP_REQUIREMENTS = ["torch==2.14.1"]
+MAX_PARAM_LENGTH = 500
+
+
+@lru_cache(maxsize=1)
+def _mlflow() -> Any:
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.MLFLOW_TRACKING_URI)
+    mlflow.set_registry_uri(settings.MLFLOW_TRACKING_URI)
+    return mlflow
+
+
+def client() -> Any:
+    _mlflow()
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=settings.MLFLOW_TRACKING_URI, registry_uri=settings.MLFLOW_TRACKING_URI)
+
+
+def ping() -> None:
+    """Raise if the tracking store cannot be reached."""
+    client().search_experiments(max_results=1)
+
+
+def user_experiment_id(*, username: str) -> str:
+    name = f"claas/{username}"
+    c = client()
+    found = c.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    artifact_location = None
+    if settings.MLFLOW_TRACKING_URI.startswith("sqlite:"):
+        artifact_location = f"{settings.MLFLOW_ARTIFACT_ROOT}/{username}"
+    try:
+        return c.create_experiment(name, artifact_location=artifact_location)
+    except Exception:
+        # Another worker created it between our lookup and the create.
+        found = c.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def flatten(options: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in options.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{full}."))
+        else:
+            out[full] = str(value)[:MAX_PARAM_LENGTH]
+    return out
+
+
+def run_start(*, username: str, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> tuple[str, str]:
+    """Create a run with its flattened params; returns (experiment_id, run_id)."""
+    from mlflow.entities import Param
+
+    exp_id = user_experiment_id(username=username)
+    c = client()
+    run = c.create_run(exp_id, run_name=run_name, tags=tags)
+    flat = [Param(k, v) for k, v in flatten(params).items()]
+    for i in range(0, len(flat), 100):
+        c.log_batch(run.info.run_id, params=flat[i:i + 100])
+    return exp_id, run.info.run_id
+
+
+def run_metrics(*, run_id: str, metrics: dict[str, float], step: int) -> None:
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client().log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+
+def run_end(*, run_id: str, status: str) -> None:
+    client().set_terminated(run_id, status=status)
+
+
+def run_url(*, experiment_id: str, run_id: str) -> str:
+    return f"{settings.MLFLOW_UI_URL}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def model_log(*, run_id: str, model: Any, input_example: Any, name: str,
+              registered_name: str | None = None, tags: dict[str, str] | None = None) -> dict[str, str]:
+    """Log a PyTorch model as an artifact of the run; optionally register it.
+
+    Returns {"model_uri", "registered_name", "version"} (the last two empty when not registered).
+    """
+    mlflow = _mlflow()
+    import mlflow.pytorch
+
+    with _FLUENT_LOCK:
+        with mlflow.start_run(run_id=run_id, nested=False):
+            info = mlflow.pytorch.log_model(
+                model, name=name, input_example=input_example, pip_requirements=PIP_REQUIREMENTS,
+                serialization_format="pickle",
+            )
+    out = {"model_uri": info.model_uri, "registered_name": "", "version": ""}
+    if registered_name:
+        version = registry_add(name=registered_name, source=info.model_uri, run_id=run_id, tags=tags or {})
+        out.update(registered_name=registered_name, version=version)
+    return out
+
+
+def registry_add(*, name: str, source: str, run_id: str | None = None, tags: dict[str, str] | None = None,
+                 description: str | None = None) -> str:
+    """Add a version to a registered model (creating the model first); returns the version."""
+    c = client()
+    from mlflow.exceptions import MlflowException
+
+    try:
+        c.create_registered_model(name)
+    except MlflowException as exc:
+        if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+            raise
+    mv = c.create_model_version(name, source, run_id=run_id, tags=tags or {}, description=description)
+    return str(mv.version)
+
+
+def registry_alias(*, name: str, alias: str, version: str | int) -> None:
+    client().set_registered_model_alias(name, alias, str(version))
+
+
+def registry_versions(*, name: str) -> list[dict[str, Any]]:
+    c = client()
+    return [{"version": v.version, "tags": dict(v.tags), "aliases": list(getattr(v, "aliases", []))}
+            for v in c.search_model_versions(f"name='{name}'")]
+
+
+def registry_delete(*, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client().delete_registered_model(name)
+    except MlflowException:
+        logger.info("MLflow registered model %s was not there to delete", name)

@@ -1,0 +1,1 @@
+"""Web GUI: templates, static files and page views (no business logic)."""

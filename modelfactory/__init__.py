@@ -1,0 +1,1 @@
+"""Model factory: registered models, versions, and the architecture zoo."""
