@@ -78,6 +78,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "channels",
     "huey.contrib.djhuey",
+    "claas_site",
     "modelfactory",
     "clserver",
     "frontend",
@@ -184,13 +185,16 @@ SPECTACULAR_SETTINGS = {
 
 # --- jobs (Huey) -------------------------------------------------------------------------------
 REDIS_URL = os.environ.get("CLAAS_REDIS_URL", "")
+# Worker threads per `run_huey` process; an idle worker polls at most every max_delay seconds.
+_CONSUMER = {"workers": _env_int("CLAAS_WORKER_THREADS", 1), "worker_type": "thread",
+             "initial_delay": 0.1, "max_delay": 1.0, "backoff": 1.15}
 if REDIS_URL:
     HUEY = {
         "huey_class": "huey.RedisHuey",
         "name": os.environ.get("CLAAS_HUEY_NAME", "claas"),
         "url": REDIS_URL,
         "immediate": False,
-        "consumer": {"workers": 1, "worker_type": "thread"},
+        "consumer": _CONSUMER,
     }
     CHANNEL_LAYERS = {
         "default": {
@@ -204,7 +208,7 @@ else:
         "name": "claas",
         "filename": str(DATA_DIR / "huey.sqlite3"),
         "immediate": False,
-        "consumer": {"workers": 1, "worker_type": "thread"},
+        "consumer": _CONSUMER,
     }
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
