@@ -1,9 +1,14 @@
-"""Huey tasks: thin, they load a row by id and hand it to its job runner."""
+"""Huey tasks: thin, they load a row by id and hand it to its job runner.
+
+`train_task` marks heavy jobs (training, model updates) and `light_task` quick ones (drift
+checks, housekeeping), so that the scaled mode can route them to different queues.
+"""
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from typing import Any, Callable
 
 from django.conf import settings
 from django.db import close_old_connections
@@ -14,7 +19,21 @@ from clserver.jobs import job_requeue_stale
 logger = logging.getLogger(__name__)
 
 
-@db_task(retries=0)
+def train_task(fn: Callable[..., Any]) -> Any:
+    """A heavy job (training, model update)."""
+    return db_task(retries=0)(fn)
+
+
+def light_task(fn: Callable[..., Any]) -> Any:
+    """A quick job (drift checks, housekeeping)."""
+    return db_task(retries=0)(fn)
+
+
+# Job kinds watched by the reaper: (row model, enqueue(id), on_failed(row, reason)).
+STALE_JOB_KINDS: list[tuple[Any, Callable[[int], None], Callable[[Any, str], None] | None]] = []
+
+
+@train_task
 def run_experiment(experiment_id: int) -> str | None:
     from clserver.experiment_job import ExperimentJob
 
@@ -25,11 +44,26 @@ def experiment_enqueue(experiment_id: int) -> None:
     run_experiment(experiment_id)
 
 
-def _reap_once() -> None:
+def _experiment_failed(row: Any, reason: str) -> None:
     from clserver.experiment_job import experiment_failed_by_reaper
+
+    experiment_failed_by_reaper(row, reason)
+
+
+def _register_experiment_kind() -> None:
     from clserver.models import Experiment
 
-    job_requeue_stale(model=Experiment, enqueue=experiment_enqueue, on_failed=experiment_failed_by_reaper)
+    STALE_JOB_KINDS.append((Experiment, experiment_enqueue, _experiment_failed))
+
+
+_register_experiment_kind()
+
+
+def reap_once() -> list[int]:
+    requeued: list[int] = []
+    for model, enqueue, on_failed in STALE_JOB_KINDS:
+        requeued += job_requeue_stale(model=model, enqueue=enqueue, on_failed=on_failed)
+    return requeued
 
 
 _reaper_started = threading.Lock()
@@ -39,7 +73,7 @@ def _reaper_loop() -> None:
     while True:
         try:
             close_old_connections()
-            _reap_once()
+            reap_once()
         except Exception:
             logger.exception("the stale-job reaper failed; trying again")
         time.sleep(settings.JOB_REAPER_INTERVAL_S)
