@@ -10,6 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from claas_site.errors import NotFound
+from claas_site.serializers import RegistryEntrySerializer
 from clserver import datasets, selectors, services
 from clserver.benchmarks import BENCHMARKS
 from clserver.serializers import (
@@ -126,19 +127,22 @@ class ExperimentModelDownloadApi(APIView):
 
 # --- registries ------------------------------------------------------------------------------
 class StrategyListApi(APIView):
-    @extend_schema(summary="Strategies with their parameters and defaults.")
+    @extend_schema(summary="Strategies with their parameters and defaults.",
+                   responses={200: RegistryEntrySerializer(many=True)})
     def get(self, request: Request) -> Response:
         return Response(STRATEGIES.describe())
 
 
 class OptimizerListApi(APIView):
-    @extend_schema(summary="Optimizers with their parameters and defaults.")
+    @extend_schema(summary="Optimizers with their parameters and defaults.",
+                   responses={200: RegistryEntrySerializer(many=True)})
     def get(self, request: Request) -> Response:
         return Response(OPTIMIZERS.describe())
 
 
 class BenchmarkListApi(APIView):
-    @extend_schema(summary="Benchmarks with their parameters and defaults.")
+    @extend_schema(summary="Benchmarks with their parameters and defaults.",
+                   responses={200: RegistryEntrySerializer(many=True)})
     def get(self, request: Request) -> Response:
         return Response(BENCHMARKS.describe())
 
