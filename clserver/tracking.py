@@ -151,3 +151,54 @@ def registry_delete(*, name: str) -> None:
         client().delete_registered_model(name)
     except MlflowException:
         logger.info("MLflow registered model %s was not there to delete", name)
+
+
+# --- mirroring the model factory's versions ----------------------------------------------------
+def model_version_mirror(*, username: str, name: str, version: int, model: Any, input_example: Any,
+                         state_dict_path: str, tags: dict[str, str], description: str = "") -> dict[str, str]:
+    """Mirror one model-factory version into the registry as `<username>.<name>`.
+
+    A dedicated run holds the logged PyTorch model (so `models:/` URIs load it) and the
+    normalised state_dict file; `tags` go on the registered model and on the version.
+    Returns {"registered_name", "version", "model_uri", "run_id"}.
+    """
+    registered = f"{username}.{name}"
+    _, run_id = run_start(username=username, run_name=f"model {name} v{version}", params={},
+                          tags={**tags, "claas.user": username, "claas.model": name,
+                                "claas.model_version": str(version)})
+    c = client()
+    try:
+        c.log_artifact(run_id, state_dict_path, artifact_path="state_dict")
+        logged = model_log(run_id=run_id, model=model, input_example=input_example, name="model",
+                           registered_name=registered, tags={**tags, "claas.model_version": str(version)})
+        for key, value in tags.items():
+            c.set_registered_model_tag(registered, key, value)
+        if description:
+            c.update_registered_model(registered, description=description)
+    except Exception:
+        run_end(run_id=run_id, status="FAILED")
+        raise
+    run_end(run_id=run_id, status="FINISHED")
+    return {"registered_name": registered, "version": logged["version"], "model_uri": logged["model_uri"],
+            "run_id": run_id}
+
+
+def registry_versions_delete(*, name: str, versions: list[str]) -> None:
+    """Delete the given versions; the registered model goes too once it has none left.
+
+    Other writers (an experiment with the same name) may share the registered model, so only
+    the versions this caller created are removed.
+    """
+    from mlflow.exceptions import MlflowException
+
+    c = client()
+    for version in versions:
+        try:
+            c.delete_model_version(name, str(version))
+        except MlflowException:
+            logger.info("MLflow model version %s/%s was not there to delete", name, version)
+    try:
+        if not c.search_model_versions(f"name='{name}'"):
+            c.delete_registered_model(name)
+    except MlflowException:
+        logger.info("MLflow registered model %s was not there to delete", name)
