@@ -118,7 +118,9 @@ TEMPLATES = [
 SQLITE_BUSY_TIMEOUT_S = 30
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
 if DATABASE_URL:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+    # Scaled mode (PostgreSQL): persistent connections, checked before reuse so a restarted
+    # database server costs one reconnect, not an error in a worker's heartbeat.
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
 else:
     DATABASES = {
         "default": {
@@ -189,18 +191,26 @@ REDIS_URL = os.environ.get("CLAAS_REDIS_URL", "")
 # Worker threads per `run_huey` process; an idle worker polls at most every max_delay seconds.
 _CONSUMER = {"workers": _env_int("CLAAS_WORKER_THREADS", 1), "worker_type": "thread",
              "initial_delay": 0.1, "max_delay": 1.0, "backoff": 1.15}
+# Queues (clserver/queues.py): `train` (training, model updates: GPU workers) and `default`
+# (drift checks, light jobs). HUEY is the `default` queue; HUEY_QUEUES holds the others.
+# Embedded: one SQLite queue and one worker serve both, so HUEY_QUEUES is empty.
+HUEY_QUEUES: dict[str, dict] = {}
+# What this worker trains on: "auto" (CUDA when torch sees it), "cpu" or "cuda".
+WORKER_DEVICE = os.environ.get("CLAAS_WORKER_DEVICE", "auto").strip().lower() or "auto"
 if REDIS_URL:
+    _HUEY_NAME = os.environ.get("CLAAS_HUEY_NAME", "claas")
     HUEY = {
         "huey_class": "huey.RedisHuey",
-        "name": os.environ.get("CLAAS_HUEY_NAME", "claas"),
+        "name": _HUEY_NAME,
         "url": REDIS_URL,
         "immediate": False,
         "consumer": _CONSUMER,
     }
+    HUEY_QUEUES = {"train": {**HUEY, "name": f"{_HUEY_NAME}.train"}}
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": os.environ.get("CLAAS_HUEY_NAME", "claas")},
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": _HUEY_NAME},
         }
     }
 else:
