@@ -1,7 +1,7 @@
 """Huey tasks: thin, they load a row by id and hand it to its job runner.
 
-`train_task` marks heavy jobs (training, model updates) and `light_task` quick ones (drift
-checks, housekeeping), so that the scaled mode can route them to different queues.
+`train_task` marks heavy jobs (training, model updates) for the `train` queue and `light_task`
+quick ones (drift checks, housekeeping) for the `default` queue (clserver/queues.py).
 """
 from __future__ import annotations
 
@@ -12,21 +12,21 @@ from typing import Any, Callable
 
 from django.conf import settings
 from django.db import close_old_connections
-from huey.contrib.djhuey import HUEY, db_task
 
 from clserver.jobs import job_requeue_stale
+from clserver.queues import QUEUE_DEFAULT, QUEUE_TRAIN, on_worker_startup, queue_task
 
 logger = logging.getLogger(__name__)
 
 
 def train_task(fn: Callable[..., Any]) -> Any:
-    """A heavy job (training, model update)."""
-    return db_task(retries=0)(fn)
+    """A heavy job (training, model update): the `train` queue, served by GPU workers."""
+    return queue_task(queue=QUEUE_TRAIN, retries=0)(fn)
 
 
 def light_task(fn: Callable[..., Any]) -> Any:
-    """A quick job (drift checks, housekeeping)."""
-    return db_task(retries=0)(fn)
+    """A quick job (drift checks, housekeeping): the `default` queue."""
+    return queue_task(queue=QUEUE_DEFAULT, retries=0)(fn)
 
 
 # Job kinds watched by the reaper: (row model, enqueue(id), on_failed(row, reason)).
@@ -79,7 +79,7 @@ def _reaper_loop() -> None:
         time.sleep(settings.JOB_REAPER_INTERVAL_S)
 
 
-@HUEY.on_startup()
+@on_worker_startup
 def start_reaper() -> None:
     """Every worker watches for jobs whose worker vanished (missed heartbeats)."""
     if _reaper_started.acquire(blocking=False):
