@@ -19,6 +19,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from clserver.models import JobStatus
+from clserver.queues import DeviceUnavailable, device_can_run, options_device, worker_device, worker_label
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,10 @@ class JobRunner:
         if self._cancelled.is_set():
             raise JobCancelled()
 
+    def requested_device(self, options: Any) -> str:
+        """The device the job asks for, read from its row's options; override if kept elsewhere."""
+        return options_device(options)
+
     def update(self, **fields: Any) -> int:
         """Write fields on the row, only while this attempt still owns it."""
         return self.model.objects.filter(pk=self.job_id, run_token=self.token).update(**fields)
@@ -69,15 +74,27 @@ class JobRunner:
     def claim(self) -> bool:
         now = timezone.now()
         claimed = self.model.objects.filter(pk=self.job_id, status=JobStatus.QUEUED).update(
-            status=JobStatus.RUNNING, run_token=self.token, worker=WORKER_ID, heartbeat_at=now,
+            status=JobStatus.RUNNING, run_token=self.token, worker=worker_label(), heartbeat_at=now,
             started_at=now, attempts=F("attempts") + 1,
         )
         if claimed:
             self.row = self.model.objects.get(pk=self.job_id)
         return bool(claimed)
 
+    def device_check(self) -> None:
+        """Leave a queued job that needs a device this worker lacks to a worker that has it."""
+        fields = ["status", "options"] if hasattr(self.model, "options") else ["status"]
+        row = self.model.objects.filter(pk=self.job_id).values(*fields).first()
+        if row is None or row["status"] != JobStatus.QUEUED:
+            return  # claim() skips it
+        wanted = self.requested_device(row.get("options"))
+        if not device_can_run(wanted):
+            raise DeviceUnavailable(f"{self.model.__name__} {self.job_id} asks for '{wanted}' and "
+                                    f"this worker has {worker_device()}")
+
     def handle(self) -> str | None:
         close_old_connections()
+        self.device_check()
         if not self.claim():
             logger.info("%s %s is not queued any more; skipping", self.model.__name__, self.job_id)
             return None
