@@ -62,7 +62,8 @@ class Client:
 
 
 class LiveService:
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, workers: int = 1) -> None:
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, workers: int = 1,
+                 worker_args: tuple[str, ...] = ("run_huey",)) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -79,6 +80,7 @@ class LiveService:
         self.web: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
         self.n_workers = workers
+        self.worker_args = worker_args  # the manage.py command line of a worker
         self.logs: list[Path] = []
 
     # --- processes ---------------------------------------------------------------------------
@@ -126,12 +128,13 @@ class LiveService:
             time.sleep(0.2)
         raise RuntimeError("the web process did not become healthy")
 
-    def start_worker(self, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    def start_worker(self, extra_env: dict[str, str] | None = None,
+                     args: tuple[str, ...] | None = None) -> subprocess.Popen:
         env_backup = self.env
         if extra_env:
             self.env = {**self.env, **extra_env}
         try:
-            proc = self._spawn("worker", [PYTHON, "manage.py", "run_huey"])
+            proc = self._spawn("worker", [PYTHON, "manage.py", *(args or self.worker_args)])
         finally:
             self.env = env_backup
         self.workers.append(proc)
