@@ -93,3 +93,6 @@ class ExperimentEvent(models.Model):
 
     class Meta:
         ordering = ["id"]
+
+
+from clserver.deployment_models import *  # noqa
