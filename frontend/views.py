@@ -28,7 +28,7 @@ def experiment_new(request: HttpRequest) -> HttpResponse:
     # the other blocks are read from the registry endpoints by the form script.
     return _page(request, "experiment_new.html", "new",
                  training_params=[p.describe() for p in TRAINING_PARAMS],
-                 copy_from=request.GET.get("from", ""))
+                 copy_from=request.GET.get("from", ""), registered=request.GET.get("registered", ""))
 
 
 @login_required

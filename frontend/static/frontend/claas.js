@@ -123,6 +123,116 @@
     box.hidden = false;
   }
 
+
+  // --- forms generated from registry parameter schemas ------------------------------------------
+  /** A labelled input for one registry parameter {name, type, default, min, max, choices, help}. */
+  function paramField(param, path, value) {
+    const id = "f-" + path.replace(/\./g, "-");
+    const current = value === undefined ? param.default : value;
+    let input;
+    if (param.type === "bool") {
+      input = el("input", { type: "checkbox", id, checked: !!current });
+    } else if (param.choices) {
+      input = el("select", { id }, param.choices.map((c) => el("option", { value: c, selected: c === current }, c)));
+    } else if (param.type === "int" || param.type === "float") {
+      input = el("input", { type: "number", id, step: param.type === "int" ? "1" : "any",
+                            value: current === null || current === undefined ? "" : current });
+    } else if (param.type === "int_list") {
+      input = el("input", { type: "text", id, placeholder: Array.isArray(param.default) ? param.default.join(", ") : "",
+                            value: Array.isArray(current) ? current.join(", ") : (current || "") });
+    } else {
+      input = el("input", { type: "text", id, value: current ?? "" });
+    }
+    input.dataset.path = path;
+    input.dataset.type = param.type;
+    const range = [param.min !== undefined ? `min ${param.min}` : "", param.max !== undefined ? `max ${param.max}` : ""]
+      .filter(Boolean).join(", ");
+    const help = [param.help, range ? `(${range})` : ""].filter(Boolean).join(" ");
+    if (param.type === "bool") {
+      return el("div", { class: "field", "data-path": path },
+        el("div", { class: "inline field", style: "margin:0" }, input, el("label", { for: id }, param.name)),
+        el("div", { class: "help" }, help), el("div", { class: "error" }));
+    }
+    return el("div", { class: "field", "data-path": path },
+      el("label", { for: id }, param.name), input, el("div", { class: "help" }, help), el("div", { class: "error" }));
+  }
+
+  function renderParams(container, params, prefix, values) {
+    container.replaceChildren(...params.map((p) => paramField(p, `${prefix}.${p.name}`, (values || {})[p.name])));
+  }
+
+  function readValue(input) {
+    const raw = input.type === "checkbox" ? input.checked : input.value.trim();
+    switch (input.dataset.type) {
+      case "bool": return raw;
+      case "int":
+      case "float": {
+        if (raw === "") return null;
+        const n = Number(raw);
+        return isNaN(n) ? raw : n;  // the server explains what is wrong with the text
+      }
+      case "int_list": {
+        if (raw === "") return null;
+        const parts = raw.split(/[\s,]+/).filter(Boolean).map(Number);
+        return parts.some(isNaN) ? raw : parts;
+      }
+      default: return raw;
+    }
+  }
+
+  function collectParams(container) {
+    const out = {};
+    for (const input of container.querySelectorAll("input[data-path], select[data-path]")) {
+      out[input.dataset.path.split(".").pop()] = readValue(input);
+    }
+    return out;
+  }
+
+  function clearErrors(form) {
+    for (const f of form.querySelectorAll(".field.invalid")) f.classList.remove("invalid");
+    for (const e of form.querySelectorAll(".field .error")) e.textContent = "";
+    const box = form.querySelector(".form-error");
+    if (box) box.hidden = true;
+  }
+
+  /** The visible field an API error is about: a `details` key, else the dotted path the sentence starts with. */
+  function fieldForError(form, err) {
+    const fields = [...form.querySelectorAll(".field[data-path]")].filter((f) => !f.closest("[hidden]"));
+    const byPath = new Map(fields.map((f) => [f.dataset.path, f]));
+    for (const key of Object.keys(err.details || {})) if (byPath.has(key)) return byPath.get(key);
+    const message = err.message;
+    let best = null;
+    for (const [path, field] of byPath) {
+      const next = message.charAt(path.length);
+      if (message.startsWith(path) && (next === "" || " :.,;".includes(next)) &&
+          (!best || path.length > best.dataset.path.length)) best = field;
+    }
+    return best;
+  }
+
+  /** Put the server's sentence next to its field, with a summary at the top of the form. */
+  function showError(form, err, summary) {
+    const field = fieldForError(form, err);
+    const box = form.querySelector(".form-error");
+    if (field) {
+      field.classList.add("invalid");
+      field.querySelector(".error").textContent = err.message;
+      const details = field.closest("details");
+      if (details) details.open = true;
+      if (box) box.textContent = summary || "Please correct the highlighted field.";
+      field.scrollIntoView({ block: "center" });
+      (field.querySelector("input, select, textarea") || field).focus();
+    } else if (box) {
+      box.textContent = err.message;
+      box.scrollIntoView({ block: "center" });
+    } else {
+      flash(err.message);
+    }
+    if (box) box.hidden = false;
+  }
+
+  const forms = { paramField, renderParams, readValue, collectParams, clearErrors, showError };
+
   const palette = ["#2456d6", "#e0592a", "#1d8a4e", "#8e44ad", "#c99a06", "#0f8b8d", "#c53030",
                    "#4a5568", "#d53f8c", "#2c7a7b"];
 
@@ -141,7 +251,7 @@
   }
 
   window.CLaaS = {
-    api, ApiError, el, badge, fmt, socket, flash, palette, heatColor,
+    api, ApiError, el, badge, fmt, socket, flash, palette, heatColor, forms,
     username: document.body.dataset.username,
   };
 })();

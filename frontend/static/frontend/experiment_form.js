@@ -9,70 +9,7 @@
   const SHAPE_PARAMS = new Set(["input_shape", "num_classes"]);
   const registries = {};
 
-  // --- fields ------------------------------------------------------------------------------
-  function fieldFor(param, path, value) {
-    const id = "f-" + path.replace(/\./g, "-");
-    const current = value === undefined ? param.default : value;
-    let input;
-    if (param.type === "bool") {
-      input = el("input", { type: "checkbox", id, checked: !!current });
-    } else if (param.choices) {
-      input = el("select", { id }, param.choices.map((c) => el("option", { value: c, selected: c === current }, c)));
-    } else if (param.type === "int" || param.type === "float") {
-      input = el("input", { type: "number", id, step: param.type === "int" ? "1" : "any",
-                            value: current === null || current === undefined ? "" : current });
-    } else if (param.type === "int_list") {
-      input = el("input", { type: "text", id, placeholder: Array.isArray(param.default) ? param.default.join(", ") : "",
-                            value: Array.isArray(current) ? current.join(", ") : (current || "") });
-    } else {
-      input = el("input", { type: "text", id, value: current ?? "" });
-    }
-    input.dataset.path = path;
-    input.dataset.type = param.type;
-    if (param.nullable) input.dataset.nullable = "1";
-    const range = [param.min !== undefined ? `min ${param.min}` : "", param.max !== undefined ? `max ${param.max}` : ""]
-      .filter(Boolean).join(", ");
-    const help = [param.help, range ? `(${range})` : ""].filter(Boolean).join(" ");
-    if (param.type === "bool") {
-      return el("div", { class: "field", "data-path": path },
-        el("div", { class: "inline field", style: "margin:0" }, input, el("label", { for: id }, param.name)),
-        el("div", { class: "help" }, help), el("div", { class: "error" }));
-    }
-    return el("div", { class: "field", "data-path": path },
-      el("label", { for: id }, param.name), input, el("div", { class: "help" }, help), el("div", { class: "error" }));
-  }
-
-  function renderParams(container, params, prefix, values) {
-    container.replaceChildren(...params.map((p) => fieldFor(p, `${prefix}.${p.name}`, (values || {})[p.name])));
-  }
-
-  function readValue(input) {
-    const raw = input.type === "checkbox" ? input.checked : input.value.trim();
-    switch (input.dataset.type) {
-      case "bool": return raw;
-      case "int":
-      case "float": {
-        if (raw === "") return null;
-        const n = Number(raw);
-        return isNaN(n) ? raw : n;  // the server explains what is wrong with the text
-      }
-      case "int_list": {
-        if (raw === "") return null;
-        const parts = raw.split(/[\s,]+/).filter(Boolean).map(Number);
-        return parts.some(isNaN) ? raw : parts;
-      }
-      default: return raw;
-    }
-  }
-
-  function collectParams(container) {
-    const out = {};
-    for (const input of container.querySelectorAll("input[data-path], select[data-path]")) {
-      const name = input.dataset.path.split(".").pop();
-      out[name] = readValue(input);
-    }
-    return out;
-  }
+  const { renderParams, readValue, collectParams } = window.CLaaS.forms;
 
   // --- registry selects ------------------------------------------------------------------------
   function fillSelect(select, entries, selected) {
@@ -155,45 +92,9 @@
     return out;
   }
 
-  // --- errors next to their field ------------------------------------------------------------------
-  function clearErrors() {
-    for (const f of form.querySelectorAll(".field.invalid")) f.classList.remove("invalid");
-    for (const e of form.querySelectorAll(".field .error")) e.textContent = "";
-    document.getElementById("form-error").hidden = true;
-  }
-
-  function fieldForError(err) {
-    const fields = [...form.querySelectorAll(".field[data-path]")].filter((f) => !f.closest("[hidden]"));
-    const byPath = new Map(fields.map((f) => [f.dataset.path, f]));
-    for (const key of Object.keys(err.details || {})) if (byPath.has(key)) return byPath.get(key);
-    // Messages start with the dotted path of the field ("training.epochs must be ...").
-    const message = err.message;
-    let best = null;
-    for (const [path, field] of byPath) {
-      const next = message.charAt(path.length);
-      if (message.startsWith(path) && (next === "" || " :.,;".includes(next)) &&
-          (!best || path.length > best.dataset.path.length)) best = field;
-    }
-    return best;
-  }
-
-  function showError(err) {
-    const field = fieldForError(err);
-    const box = document.getElementById("form-error");
-    if (field) {
-      field.classList.add("invalid");
-      field.querySelector(".error").textContent = err.message;
-      const details = field.closest("details");
-      if (details) details.open = true;
-      box.textContent = "The experiment was not saved: please correct the highlighted field.";
-      field.scrollIntoView({ block: "center" });
-      (field.querySelector("input, select") || field).focus();
-    } else {
-      box.textContent = err.message;
-      box.scrollIntoView({ block: "center" });
-    }
-    box.hidden = false;
-  }
+  const clearErrors = () => window.CLaaS.forms.clearErrors(form);
+  const showError = (err) => window.CLaaS.forms.showError(form, err,
+    "The experiment was not saved: please correct the highlighted field.");
 
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
@@ -250,6 +151,12 @@
     fillSelect(document.getElementById("f-from"), done.map((x) => ({ name: x.exp_name })), opts.from_experiment);
     if (!done.length) document.getElementById("f-from").append(el("option", { value: "" }, "— no completed experiments —"));
     if (model.version) document.getElementById("f-version").value = model.version;
+    // ?registered=<name> starts from a registered model (the models page links here).
+    const registered = form.dataset.registered;
+    if (registered && models.some((m) => m.name === registered)) {
+      document.getElementById("f-registered").value = registered;
+      model.registered = registered;
+    }
     document.getElementById("f-model-source").value =
       opts.from_experiment ? "experiment" : model.registered ? "registered" : "zoo";
 
