@@ -1,0 +1,81 @@
+"""The scaled mode for tests: a fresh PostgreSQL database, a Redis db of its own, separate workers.
+
+PostgreSQL and Redis are the servers on 127.0.0.1 (`.ci/run` starts them when they are not
+running); CLAAS_TEST_POSTGRES_URL and CLAAS_TEST_REDIS_URL point elsewhere.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import psycopg
+import pytest
+import redis
+
+from tests.service import LiveService
+
+# The admin connection creates and drops the test database; nothing else touches it.
+POSTGRES_ADMIN_URL = os.environ.get("CLAAS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+# Redis db 13 is this suite's: flushed at start and end, never a developer's db 0.
+REDIS_URL = os.environ.get("CLAAS_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+
+
+def _database_url(name: str) -> str:
+    base, _, _ = POSTGRES_ADMIN_URL.rpartition("/")
+    return f"{base}/{name}"
+
+
+@dataclass
+class Scaled:
+    """Handles on a live scaled CLaaS: the service, its database and its Redis."""
+
+    service: LiveService
+    database_url: str
+    redis_url: str
+    huey_name: str
+
+    def row(self, *, username: str, exp_name: str) -> dict[str, Any]:
+        """The experiment row as the workers left it (worker, attempts, owner), read from PostgreSQL."""
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            cur = conn.execute(
+                "SELECT e.id, e.owner_id, e.status, e.worker, e.attempts FROM clserver_experiment e "
+                "JOIN auth_user u ON u.id = e.owner_id WHERE u.username = %s AND e.name = %s",
+                (username, exp_name))
+            values = cur.fetchone()
+            assert values is not None, f"no experiment {username}/{exp_name}"
+            return dict(zip(["id", "owner_id", "status", "worker", "attempts"], values))
+
+    def worker_logs(self) -> str:
+        return "\n".join(log.read_text() for log in self.service.logs if log.name.startswith("worker"))
+
+
+@pytest.fixture(scope="module")
+def scaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scaled]:
+    """Web + two `run_worker --queue train` processes on PostgreSQL and Redis, each worker CPU-only."""
+    name = f"claas_test_{uuid.uuid4().hex[:10]}"
+    huey_name = f"claastest{uuid.uuid4().hex[:6]}"
+    cache = redis.Redis.from_url(REDIS_URL)
+    cache.flushdb()
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    database_url = _database_url(name)
+    data_dir: Path = tmp_path_factory.mktemp("scaled")
+    live = LiveService(data_dir, workers=2, worker_args=("run_worker", "--queue", "train"), env={
+        "DATABASE_URL": database_url,
+        "CLAAS_REDIS_URL": REDIS_URL,
+        "CLAAS_HUEY_NAME": huey_name,
+        "CLAAS_JOB_STALE_AFTER_S": "5",
+        "CLAAS_WORKER_DEVICE": "cpu",
+    })
+    try:
+        live.start()
+        yield Scaled(service=live, database_url=database_url, redis_url=REDIS_URL, huey_name=huey_name)
+    finally:
+        live.stop()
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        cache.flushdb()
+        cache.close()

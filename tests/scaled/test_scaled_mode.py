@@ -1,0 +1,214 @@
+"""The scaled mode end to end: PostgreSQL, RedisHuey queues, channels_redis and separate workers."""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.testing import WebsocketCommunicator
+
+from clserver.events import experiment_group
+from tests.scaled.conftest import Scaled
+from tests.service import ROOT
+
+OPTIONS = {"model": {"architecture": "simple_mlp", "params": {"hidden_size": 128}},
+           "benchmark": {"name": "split_digits", "n_experiences": 5, "seed": 1},
+           "training": {"epochs": 4, "train_mb_size": 32, "eval_mb_size": 256,
+                        "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9}, "device": "cpu", "seed": 0}}
+REPLAY = {"name": "replay", "params": {"mem_size": 200}}
+
+
+@pytest.fixture(scope="module")
+def dana(scaled: Scaled):
+    return scaled.service.user("dana")
+
+
+def setup(client, name: str, strategy: dict, **overrides) -> None:
+    body = {**OPTIONS, "exp_name": name, "strategy": strategy, **overrides}
+    created = client.post("/base-scenario/setup/", body)
+    assert created.status_code == 201, created.text
+
+
+def execute(client, name: str) -> None:
+    queued = client.post(f"/base-scenario/{client.username}/exec/{name}")
+    assert queued.status_code == 202, queued.text
+    assert queued.json()["status"] == "queued"
+
+
+def worker_pid(label: str) -> int:
+    match = re.fullmatch(r".+:(\d+) \((cpu|cuda)\)", label)
+    assert match, label
+    return int(match.group(1))
+
+
+def test_the_service_reports_the_scaled_mode(scaled):
+    health = scaled.service.anonymous().get("/healthz")
+    assert health.status_code == 200, health.text
+    assert health.json()["mode"] == "scaled"
+
+
+def test_base_scenario_runs_on_two_worker_processes_at_once(scaled, dana, tmp_path):
+    setup(dana, "replay", REPLAY)
+    setup(dana, "naive", {"name": "naive"})
+    execute(dana, "replay")
+    execute(dana, "naive")
+    assert dana.wait_status("replay")["status"] == "completed"
+    assert dana.wait_status("naive")["status"] == "completed"
+
+    replay = dana.get("/base-scenario/dana/results/replay").json()
+    naive = dana.get("/base-scenario/dana/results/naive").json()
+    for results in (replay, naive):
+        matrix = results["metrics"]["accuracy_matrix"]
+        assert len(matrix) == 5 and all(len(row) == 5 for row in matrix)
+        assert results["metrics"]["final_accuracy"] == pytest.approx(sum(matrix[-1]) / 5)
+        assert [e["index"] for e in results["experiences"]] == [0, 1, 2, 3, 4]
+        assert results["mlflow"]["run_id"]
+    # The classic phenomena hold in the scaled mode too: replay remembers, naive forgets.
+    assert replay["metrics"]["final_accuracy"] >= 0.8
+    assert naive["metrics"]["final_accuracy"] <= 0.35 and naive["metrics"]["forgetting"] > 0.5
+
+    # Each experiment ran on its own worker process (each worker runs one job at a time).
+    workers = {scaled.row(username="dana", exp_name=name)["worker"] for name in ("replay", "naive")}
+    pids = {worker_pid(label) for label in workers}
+    assert pids == {proc.pid for proc in scaled.service.workers}
+    assert all(label.endswith("(cpu)") for label in workers)
+
+    download = dana.get(replay["model"]["download_url"])
+    assert download.status_code == 200
+    (tmp_path / "model.pt").write_bytes(download.content)
+    assert set(torch.load(tmp_path / "model.pt", weights_only=True)) == set(
+        torch.load(replay["model"]["save_path"], weights_only=True))
+
+
+class GroupTap(AsyncJsonWebsocketConsumer):
+    """A websocket that forwards whatever reaches one channel group, as the web consumer hears it."""
+
+    group = ""
+
+    async def connect(self) -> None:
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+
+    async def disconnect(self, code: int) -> None:
+        await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def push_event(self, message: dict) -> None:
+        await self.send_json(message["event"])
+
+
+async def test_worker_events_reach_a_websocket_in_another_process_through_redis(scaled, dana, settings):
+    settings.CHANNEL_LAYERS = {"default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [scaled.redis_url], "prefix": scaled.huey_name},
+    }}
+    await asyncio.to_thread(setup, dana, "live", {"name": "naive"},
+                            training={**OPTIONS["training"], "epochs": 2})
+    row = await asyncio.to_thread(scaled.row, username="dana", exp_name="live")
+    group = experiment_group(owner_id=row["owner_id"], name="live")
+    tap = type("LiveTap", (GroupTap,), {"group": group})
+    communicator = WebsocketCommunicator(tap.as_asgi(), "/tap/")
+    connected, _ = await communicator.connect()
+    assert connected
+    try:
+        await asyncio.to_thread(execute, dana, "live")
+        received = []
+        while not received or received[-1] != {"type": "status", "status": "completed"}:
+            event = await communicator.receive_json_from(timeout=120)
+            received.append({k: event[k] for k in ("type", "status") if k in event})
+            if event["type"] == "epoch_end":
+                received[-1]["experience"] = event["experience"]
+    finally:
+        await communicator.disconnect()
+    statuses = [e["status"] for e in received if e["type"] == "status"]
+    assert statuses == ["queued", "running", "completed"]  # queued by the web, the rest by a worker
+    assert {e["experience"] for e in received if e["type"] == "epoch_end"} == {0, 1, 2, 3, 4}
+    assert len([e for e in received if e["type"] == "experience_end"]) == 5
+
+
+def test_a_job_asking_for_cuda_waits_for_a_cuda_worker(scaled, dana):
+    setup(dana, "on-gpu", {"name": "naive"}, training={**OPTIONS["training"], "device": "cuda", "epochs": 1})
+    execute(dana, "on-gpu")
+    # Both CPU workers see the job and put it back; it stays queued and is never claimed.
+    deadline = time.time() + 60
+    while scaled.worker_logs().count("asks for 'cuda' and this worker has cpu") < 2:
+        assert time.time() < deadline, scaled.worker_logs()[-3000:]
+        time.sleep(0.5)
+    row = scaled.row(username="dana", exp_name="on-gpu")
+    assert row["status"] == "queued" and row["attempts"] == 0 and row["worker"] == ""
+
+    # A worker that advertises CUDA takes it. This machine has no GPU, so the worker is only
+    # told it has one and the training itself then fails on the missing device.
+    gpu = scaled.service.start_worker(extra_env={"CLAAS_WORKER_DEVICE": "cuda"})
+    try:
+        final = dana.wait_status("on-gpu", timeout=120)
+    finally:
+        scaled.service.kill_worker(gpu)
+    row = scaled.row(username="dana", exp_name="on-gpu")
+    assert row["attempts"] == 1 and worker_pid(row["worker"]) == gpu.pid
+    assert row["worker"].endswith("(cuda)")
+    if not torch.cuda.is_available():
+        assert final["status"] == "failed"
+        detail = dana.get("/api/experiments/on-gpu").json()
+        assert "CUDA" in detail["error"]
+
+
+def test_killing_one_of_two_workers_leaves_the_other_to_finish(scaled, dana):
+    setup(dana, "crash", REPLAY, training={**OPTIONS["training"], "epochs": 5})
+    execute(dana, "crash")
+    deadline = time.time() + 180
+    # After experience 1 ends, experience 0's checkpoint is surely on disk.
+    while not any(e["type"] == "experience_end" and e["experience"] == 1
+                  for e in dana.get("/api/experiments/crash/events").json()):
+        assert time.time() < deadline, "the experiment never finished its second experience"
+        time.sleep(0.1)
+    first = scaled.row(username="dana", exp_name="crash")
+    victim = next(p for p in scaled.service.workers if p.pid == worker_pid(first["worker"]))
+    survivor = next(p for p in scaled.service.workers if p is not victim)
+    scaled.service.kill_worker(victim)
+
+    final = dana.wait_status("crash", timeout=240)
+    assert final["status"] == "completed" and final["attempts"] == 2
+    last = scaled.row(username="dana", exp_name="crash")
+    assert worker_pid(last["worker"]) == survivor.pid
+    events = dana.get("/api/experiments/crash/events").json()
+    resumed = [e for e in events if e["type"] == "resumed"]
+    assert len(resumed) == 1 and resumed[0]["from_experience"] >= 1
+    results = dana.get("/base-scenario/dana/results/crash").json()
+    assert [e["index"] for e in results["experiences"]] == [0, 1, 2, 3, 4]
+    assert results["metrics"]["final_accuracy"] >= 0.8
+
+
+ROUTING = """
+import json
+import django
+django.setup()
+from clserver.queues import queue_huey
+from clserver.tasks import light_task, run_experiment
+
+@light_task
+def drift_check(deployment_id):
+    pass
+
+run_experiment(1)
+drift_check(1)
+print(json.dumps({queue: queue_huey(queue=queue).pending_count() for queue in ("train", "default")}))
+"""
+
+
+def test_training_goes_to_the_train_queue_and_light_jobs_to_the_default_queue(scaled, tmp_path):
+    # A Huey name of its own: the live workers must not take these messages.
+    env = {**scaled.service.env, "CLAAS_HUEY_NAME": "claasrouting", "CLAAS_DATA_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", ROUTING], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"train": 1, "default": 1}
+    # With separate queues a worker must say which one it serves.
+    refused = subprocess.run([sys.executable, "manage.py", "run_worker"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "--queue train" in refused.stderr
