@@ -1,12 +1,18 @@
 """Reads of the model factory."""
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
+from django.conf import settings
 from django.db.models import QuerySet
+import torch
+from torch import nn
 
-from claas_site.errors import NotFound
+from claas_site.errors import InvalidInput, NotFound
+from modelfactory.architectures import architecture_build
 from modelfactory.models import ModelVersion, RegisteredModel
+from modelfactory.weights import FORMAT_STATE_DICT, FORMAT_TORCHSCRIPT, torchscript_bytes
 
 
 def registered_model_list(*, owner: Any) -> QuerySet[RegisteredModel]:
@@ -29,3 +35,58 @@ def model_version_get(*, owner: Any, name: str, version: int | None = None) -> M
         which = f"version {version}" if version is not None else "any version"
         raise NotFound(f"Registered model '{name}' has no {which}.")
     return found
+
+
+def mlflow_name(*, model: RegisteredModel) -> str:
+    """The model's name in the MLflow Model Registry."""
+    return f"{model.owner.username}.{model.name}"
+
+
+def model_version_path(*, version: ModelVersion) -> Path:
+    return settings.DATA_DIR / version.weights_file
+
+
+def model_version_load(*, version: ModelVersion) -> nn.Module:
+    """A fresh instance of the version's architecture holding its weights."""
+    model = architecture_build(architecture=version.model.architecture, params=version.model.params)
+    model.load_state_dict(torch.load(_state_dict_file(version), map_location="cpu", weights_only=True))
+    return model
+
+
+def model_version_users(*, version: ModelVersion) -> list[str]:
+    """What holds on to this version: experiments and deployments, one phrase each."""
+    users: list[str] = []
+    experiments = getattr(version, "experiments", None)
+    if experiments is not None:
+        users += [f"experiment '{e.name}' ({e.status})" for e in experiments.all()]
+    deployments = getattr(version, "deployments", None)
+    if deployments is not None:
+        users += [f"deployment '{getattr(d, 'name', d.pk)}'" for d in deployments.all()]
+    return users
+
+
+def _state_dict_file(version: ModelVersion) -> Path:
+    path = model_version_path(version=version)
+    if not path.is_file():
+        raise NotFound(f"The weights file of '{version.model.name}' version {version.version} is missing "
+                       "from the data directory.")
+    return path
+
+
+def _torchscript_file(version: ModelVersion) -> bytes:
+    return torchscript_bytes(model=model_version_load(version=version), input_shape=version.model.params["input_shape"])
+
+
+# Download format -> (what to send, file name suffix).
+DOWNLOAD_FORMATS: dict[str, tuple[Callable[[ModelVersion], Path | bytes], str]] = {
+    FORMAT_STATE_DICT: (_state_dict_file, ".pt"),
+    FORMAT_TORCHSCRIPT: (_torchscript_file, ".torchscript.pt"),
+}
+
+
+def model_version_download(*, version: ModelVersion, format: str) -> tuple[Path | bytes, str]:
+    """The version's weights in a download format: a file path or bytes, and a file name."""
+    if format not in DOWNLOAD_FORMATS:
+        raise InvalidInput(f"format must be one of: {', '.join(DOWNLOAD_FORMATS)}.", details={"format": format[:50]})
+    build, suffix = DOWNLOAD_FORMATS[format]
+    return build(version), f"{version.model.name}-v{version.version}{suffix}"

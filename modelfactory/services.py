@@ -1,0 +1,243 @@
+"""Writes of the model factory: register models, add versions, mirror them into MLflow, delete."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from django.conf import settings
+from django.core.files.uploadedfile import UploadedFile
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+from django.db.models.deletion import ProtectedError
+from torch import nn
+
+from claas_site.errors import Conflict, InvalidInput, PayloadTooLarge
+from modelfactory.architectures import ARCHITECTURES, architecture_build, architecture_params, architecture_smoke_test
+from modelfactory.models import ModelVersion, RegisteredModel
+from modelfactory.selectors import (
+    mlflow_name,
+    model_version_path,
+    model_version_users,
+    registered_model_get,
+)
+from modelfactory.weights import (
+    FORMAT_INIT,
+    output_check,
+    state_dict_bytes,
+    state_dict_normalised,
+    weights_apply,
+    weights_read,
+)
+
+logger = logging.getLogger(__name__)
+
+NAME_MAX_LENGTH = 100
+NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+SEED_MAX = 2**31 - 1
+MODELS_SUBDIR = Path("files") / "models"
+
+
+@dataclass
+class Registered:
+    """A stored version and, when mirroring into MLflow failed, why (the version is kept regardless)."""
+
+    version: ModelVersion
+    mlflow_error: str | None = None
+
+
+@dataclass
+class _Prepared:
+    model: nn.Module
+    source_format: str
+
+
+# --- validation ------------------------------------------------------------------------------
+def model_name_validate(name: Any) -> str:
+    if not isinstance(name, str) or not name:
+        raise InvalidInput("name is required and must be a string.", details={"name": "required"})
+    if len(name) > NAME_MAX_LENGTH:
+        raise InvalidInput(f"name may have at most {NAME_MAX_LENGTH} characters.", details={"name": len(name)})
+    if not NAME_RE.match(name):
+        raise InvalidInput("name may contain only letters, digits, '_', '.' and '-'.", details={"name": name})
+    return name
+
+
+def model_params_validate(*, architecture: Any, params: Any) -> dict[str, Any]:
+    """Parameters with defaults filled; messages name the request's own fields."""
+    entry = ARCHITECTURES.get(architecture, "architecture")
+    given = entry.validate(params, "params")
+    return architecture_params(architecture=architecture, params=given, where="model")
+
+
+def _upload_size_check(file: UploadedFile) -> None:
+    limit = settings.MAX_UPLOAD_BYTES
+    if file.size is not None and file.size > limit:
+        raise PayloadTooLarge(f"The file is {file.size} bytes; the limit is {limit} bytes.",
+                              details={"size_bytes": file.size, "limit_bytes": limit})
+
+
+def _upload_source(file: UploadedFile) -> Any:
+    # Large uploads already lie in a temporary file; small ones are in memory.
+    if hasattr(file, "temporary_file_path"):
+        return file.temporary_file_path()
+    file.seek(0)
+    return file
+
+
+def _prepare(*, architecture: str, params: dict[str, Any], file: UploadedFile | None, seed: int) -> _Prepared:
+    """Build the model with its weights and prove it runs: one forward pass on a dummy batch."""
+    if file is None:
+        # Fork the RNG so that seeding here leaves the process's global generator alone.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = architecture_build(architecture=architecture, params=params)
+        source_format = FORMAT_INIT
+    else:
+        _upload_size_check(file)
+        loaded = weights_read(source=_upload_source(file))
+        model = architecture_build(architecture=architecture, params=params)
+        weights_apply(model=model, state_dict=loaded.state_dict, architecture=architecture)
+        source_format = loaded.source_format
+    architecture_smoke_test(model=model, params=params)
+    output_check(model=model, input_shape=params["input_shape"])
+    return _Prepared(model, source_format)
+
+
+# --- files -----------------------------------------------------------------------------------
+def _weights_write(*, owner: Any, model: nn.Module) -> tuple[str, str, int]:
+    """Write the normalised state_dict under a fresh name; returns (relative path, sha256, size)."""
+    data = state_dict_bytes(state_dict=state_dict_normalised(model=model))
+    relative = MODELS_SUBDIR / str(owner.pk) / f"{uuid.uuid4().hex}.pt"
+    path = settings.DATA_DIR / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return str(relative), hashlib.sha256(data).hexdigest(), len(data)
+
+
+def _files_remove(paths: list[Path]) -> None:
+    for path in paths:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+# --- MLflow ----------------------------------------------------------------------------------
+def _mirror(*, version: ModelVersion, model: nn.Module) -> str | None:
+    """Register the version in MLflow; on failure the version stays and the reason is returned."""
+    from clserver import tracking
+
+    registered = version.model
+    tags = {
+        "claas.architecture": registered.architecture,
+        "claas.params": json.dumps(registered.params, sort_keys=True),
+        "claas.source_format": version.source_format,
+        "claas.sha256": version.sha256,
+    }
+    example = torch.zeros(2, *registered.params["input_shape"]).numpy()
+    try:
+        mirrored = tracking.model_version_mirror(
+            username=registered.owner.username, name=registered.name, version=version.version, model=model,
+            input_example=example, state_dict_path=str(model_version_path(version=version)), tags=tags,
+            description=registered.description,
+        )
+    except Exception as exc:
+        logger.warning("MLflow mirroring of %s failed", version, exc_info=True)
+        return f"The version is stored but could not be registered in MLflow ({type(exc).__name__})."
+    version.mlflow_version = mirrored["version"]
+    version.save(update_fields=["mlflow_version"])
+    return None
+
+
+def _mlflow_forget(*, name: str, versions: list[str]) -> None:
+    from clserver import tracking
+
+    try:
+        tracking.registry_versions_delete(name=name, versions=versions)
+    except Exception:
+        logger.warning("Could not delete MLflow versions %s of %s", versions, name, exc_info=True)
+
+
+# --- services --------------------------------------------------------------------------------
+def registered_model_create(*, owner: Any, name: str, architecture: Any, params: Any, description: str = "",
+                            file: UploadedFile | None = None, seed: int = 0) -> Registered:
+    """Register a model; version 1 holds the uploaded weights or a seeded fresh initialisation."""
+    name = model_name_validate(name)
+    full_params = model_params_validate(architecture=architecture, params=params)
+    if RegisteredModel.objects.filter(owner=owner, name=name).exists():
+        raise Conflict(f"You already have a registered model named '{name}'.", details={"name": name})
+    prepared = _prepare(architecture=architecture, params=full_params, file=file, seed=seed)
+    relative, sha256, size = _weights_write(owner=owner, model=prepared.model)
+    try:
+        with transaction.atomic():
+            registered = RegisteredModel.objects.create(owner=owner, name=name, architecture=architecture,
+                                                        params=full_params, description=description)
+            version = ModelVersion.objects.create(
+                model=registered, version=1, weights_file=relative, source_format=prepared.source_format,
+                sha256=sha256, size_bytes=size, note="" if file is not None else f"initialised with seed {seed}",
+            )
+    except IntegrityError:
+        _files_remove([settings.DATA_DIR / relative])
+        raise Conflict(f"You already have a registered model named '{name}'.", details={"name": name})
+    except BaseException:
+        _files_remove([settings.DATA_DIR / relative])
+        raise
+    return Registered(version, _mirror(version=version, model=prepared.model))
+
+
+def model_version_create(*, owner: Any, name: str, file: UploadedFile, note: str = "") -> Registered:
+    """Add a version with uploaded weights (state_dict or TorchScript) to one of the owner's models."""
+    registered = registered_model_get(owner=owner, name=name)
+    prepared = _prepare(architecture=registered.architecture, params=registered.params, file=file, seed=0)
+    relative, sha256, size = _weights_write(owner=owner, model=prepared.model)
+    try:
+        with transaction.atomic():
+            # Lock the model row so that concurrent uploads get consecutive numbers.
+            locked = RegisteredModel.objects.select_for_update().get(pk=registered.pk)
+            latest = locked.versions.aggregate(latest=Max("version"))["latest"] or 0
+            version = ModelVersion.objects.create(
+                model=locked, version=latest + 1, weights_file=relative, source_format=prepared.source_format,
+                sha256=sha256, size_bytes=size, note=note,
+            )
+    except RegisteredModel.DoesNotExist:
+        _files_remove([settings.DATA_DIR / relative])
+        raise Conflict(f"Registered model '{name}' was deleted during the upload.")
+    except IntegrityError:
+        _files_remove([settings.DATA_DIR / relative])
+        raise Conflict(f"Another version of '{name}' was uploaded at the same time; try again.")
+    except BaseException:
+        _files_remove([settings.DATA_DIR / relative])
+        raise
+    return Registered(version, _mirror(version=version, model=prepared.model))
+
+
+def registered_model_delete(*, owner: Any, name: str) -> None:
+    """Delete a model with all its versions, unless an experiment or a deployment uses one."""
+    with transaction.atomic():
+        registered = registered_model_get(owner=owner, name=name)
+        versions = list(registered.versions.all())
+        for version in versions:
+            users = model_version_users(version=version)
+            if users:
+                raise Conflict(f"Registered model '{name}' version {version.version} is used by {users[0]}; "
+                               "delete that first.", details={"used_by": users})
+        paths = [model_version_path(version=v) for v in versions]
+        mirrored = [v.mlflow_version for v in versions if v.mlflow_version]
+        registry_name = mlflow_name(model=registered)
+        try:
+            registered.delete()
+        except ProtectedError:
+            raise Conflict(f"Registered model '{name}' came into use while it was being deleted.")
+        transaction.on_commit(lambda: _files_remove(paths))
+        if mirrored:
+            transaction.on_commit(lambda: _mlflow_forget(name=registry_name, versions=mirrored))
