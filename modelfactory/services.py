@@ -102,7 +102,7 @@ def _prepare(*, architecture: str, params: dict[str, Any], file: UploadedFile | 
         source_format = FORMAT_INIT
     else:
         _upload_size_check(file)
-        loaded = weights_read(source=_upload_source(file))
+        loaded = weights_read(source=_upload_source(file), max_unpacked_bytes=settings.MAX_UPLOAD_BYTES)
         model = architecture_build(architecture=architecture, params=params)
         weights_apply(model=model, state_dict=loaded.state_dict, architecture=architecture)
         source_format = loaded.source_format

@@ -13,7 +13,7 @@ from typing import IO, Any, Mapping, Union
 import torch
 from torch import nn
 
-from claas_site.errors import InvalidInput
+from claas_site.errors import InvalidInput, PayloadTooLarge
 
 Source = Union[str, Path, IO[bytes]]
 
@@ -44,19 +44,23 @@ def _rewind(source: Source) -> None:
         source.seek(0)
 
 
-def _is_torchscript(source: Source) -> bool:
-    """TorchScript archives carry their code (`<root>/code/...`) and `constants.pkl`; torch.save zips do not."""
+def _zip_entries(source: Source) -> list[zipfile.ZipInfo] | None:
+    """The entries of a zip archive (both torch.save and TorchScript write one), or None."""
     try:
         if not zipfile.is_zipfile(source):
-            return False
+            return None
         _rewind(source)
         with zipfile.ZipFile(source) as archive:
-            names = archive.namelist()
+            return archive.infolist()
     except (zipfile.BadZipFile, OSError, ValueError):
-        return False
+        return None
     finally:
         _rewind(source)
-    return any("/code/" in name or name.endswith("/constants.pkl") for name in names)
+
+
+def _is_torchscript(entries: list[zipfile.ZipInfo]) -> bool:
+    """TorchScript archives carry their code (`<root>/code/...`) and `constants.pkl`; torch.save zips do not."""
+    return any("/code/" in e.filename or e.filename.endswith("/constants.pkl") for e in entries)
 
 
 def _starts_with_pickle(source: Source) -> bool:
@@ -122,14 +126,21 @@ def _as_state_dict(obj: Any) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def weights_read(*, source: Source) -> LoadedWeights:
+def weights_read(*, source: Source, max_unpacked_bytes: int) -> LoadedWeights:
     """Load an uploaded weights file without unpickling anything but tensors.
 
     Accepts a state_dict saved with torch.save (loaded with weights_only=True) or a TorchScript
     archive (its module's state_dict is taken). Anything else raises InvalidInput.
     """
-    if _is_torchscript(source):
-        return LoadedWeights(_as_state_dict(_load_torchscript(source)), FORMAT_TORCHSCRIPT)
+    entries = _zip_entries(source)
+    if entries is not None:
+        # torch writes its archives uncompressed; a compressed one could unpack far beyond the upload.
+        unpacked = sum(e.file_size for e in entries)
+        if unpacked > max_unpacked_bytes:
+            raise PayloadTooLarge(f"The archive unpacks to {unpacked} bytes; the limit is {max_unpacked_bytes} bytes.",
+                                  details={"unpacked_bytes": unpacked, "limit_bytes": max_unpacked_bytes})
+        if _is_torchscript(entries):
+            return LoadedWeights(_as_state_dict(_load_torchscript(source)), FORMAT_TORCHSCRIPT)
     return LoadedWeights(_as_state_dict(_load_state_dict(source)), FORMAT_STATE_DICT)
 
 

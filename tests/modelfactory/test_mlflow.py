@@ -9,6 +9,7 @@ import torch
 from clserver import tracking
 from modelfactory.models import ModelVersion
 from tests.modelfactory.files import build, saved
+from tests.service import free_port
 
 
 def registry(settings):
@@ -43,9 +44,12 @@ def test_the_mlflow_registry_lists_every_version_with_architecture_and_params(se
         assert torch.equal(loaded.state_dict()[key], value), key
 
 
-def test_a_failing_mlflow_store_keeps_the_upload_and_reports_why(settings, api, register, unique_name, tmp_path):
+def test_an_unreachable_mlflow_server_keeps_the_upload_and_reports_why(settings, monkeypatch, api, register,
+                                                                        unique_name):
     tracking.ping()  # the process-wide MLflow set-up happens with the real store
-    settings.MLFLOW_TRACKING_URI = f"sqlite:///{tmp_path}/no/such/dir/mlflow.db"
+    # An MLflow server that is down: nothing listens on the port.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    settings.MLFLOW_TRACKING_URI = f"http://127.0.0.1:{free_port()}"
     response = register(unique_name)
     assert response.status_code == 201
     body = response.json()

@@ -12,12 +12,13 @@ import pytest
 import torch
 from torch import nn
 
-from claas_site.errors import InvalidInput
+from claas_site.errors import InvalidInput, PayloadTooLarge
 from modelfactory.weights import weights_read
 from tests.modelfactory.files import build
 
 PICKLED = "The file holds a pickled Python object, not a state_dict;"
 NOT_WEIGHTS = "The file is not a PyTorch weights file;"
+LIMIT = 10 * 1024 * 1024
 
 
 def torch_saved(obj, **kwargs) -> io.BytesIO:
@@ -29,20 +30,20 @@ def torch_saved(obj, **kwargs) -> io.BytesIO:
 
 def refusal(source) -> InvalidInput:
     with pytest.raises(InvalidInput) as caught:
-        weights_read(source=source)
+        weights_read(source=source, max_unpacked_bytes=LIMIT)
     return caught.value
 
 
 def test_a_state_dict_in_the_zip_format_is_read():
     state = build().state_dict()
-    loaded = weights_read(source=torch_saved(state))
+    loaded = weights_read(source=torch_saved(state), max_unpacked_bytes=LIMIT)
     assert loaded.source_format == "state_dict"
     assert list(loaded.state_dict) == list(state)
 
 
 def test_a_state_dict_in_the_legacy_format_is_read():
     state = build().state_dict()
-    loaded = weights_read(source=torch_saved(state, _use_new_zipfile_serialization=False))
+    loaded = weights_read(source=torch_saved(state, _use_new_zipfile_serialization=False), max_unpacked_bytes=LIMIT)
     assert loaded.source_format == "state_dict"
     assert all(torch.equal(loaded.state_dict[k], v) for k, v in state.items())
 
@@ -51,7 +52,7 @@ def test_a_torchscript_archive_from_a_path_gives_its_modules_state_dict(tmp_path
     scripted = torch.jit.script(nn.Sequential(nn.Linear(4, 3), nn.ReLU()))
     path = tmp_path / "model.pt"
     torch.jit.save(scripted, str(path))
-    loaded = weights_read(source=str(path))
+    loaded = weights_read(source=str(path), max_unpacked_bytes=LIMIT)
     assert loaded.source_format == "torchscript"
     assert list(loaded.state_dict) == ["0.weight", "0.bias"]
 
@@ -108,3 +109,16 @@ def test_an_empty_state_dict_is_refused():
 def test_a_non_tensor_value_is_named():
     error = refusal(torch_saved({"weight": torch.zeros(2), "step": 3}))
     assert error.message == "The state_dict's key 'step' holds a value of type int, not a tensor."
+
+
+def test_a_compressed_archive_that_unpacks_beyond_the_limit_is_refused():
+    # Zeros deflate to almost nothing: the upload is small, its content is not.
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", b"")
+        archive.writestr("archive/data/0", bytes(LIMIT + 1))
+    assert len(buffer.getvalue()) < LIMIT // 100
+    buffer.seek(0)
+    with pytest.raises(PayloadTooLarge) as caught:
+        weights_read(source=buffer, max_unpacked_bytes=LIMIT)
+    assert caught.value.message.startswith(f"The archive unpacks to {LIMIT + 1} bytes;")
