@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -32,8 +33,19 @@ def group_publish(group: str, message: dict[str, Any]) -> None:
         logger.warning("Could not publish to channel group %s", group, exc_info=True)
 
 
+def json_safe(value: Any) -> Any:
+    """JSON has no NaN or infinity (and SQLite's JSON check refuses them): they become null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def experiment_event_record(*, experiment: Experiment, type: str, payload: dict[str, Any]) -> ExperimentEvent:
-    event = ExperimentEvent.objects.create(experiment=experiment, type=type, payload=payload)
+    event = ExperimentEvent.objects.create(experiment=experiment, type=type, payload=json_safe(payload))
     group_publish(experiment_group(owner_id=experiment.owner_id, name=experiment.name),
                   event_as_message(event))
     return event

@@ -27,7 +27,7 @@ from torch import nn
 
 from clserver import metrics, tracking
 from clserver.benchmarks import benchmark_source
-from clserver.events import experiment_event_record
+from clserver.events import experiment_event_record, json_safe
 from clserver.models import Experiment
 from clserver.streams import Stream
 from clserver.strategies import OPTIMIZERS, STRATEGIES
@@ -302,6 +302,10 @@ class ExperimentRun:
         strategy.plugins = [p for p in plugins if p is not progress_plugin]
         try:
             checkpoint_save(strategy, self.checkpoint)
+        except Exception as exc:
+            # Losing the ability to resume is better than losing the run itself.
+            logger.exception("checkpoint of experiment %s failed", self.experiment.pk)
+            self.event("checkpoint_failed", {"experience": self.current, "error": str(exc)[:300]})
         finally:
             strategy.plugins = plugins
 
@@ -347,7 +351,7 @@ class ExperimentRun:
         n_units = self.n_units
         progress = (i + 1) / n_units
         partial = self._results(state, sizes, complete=False)
-        self.job.update(results=partial, progress=progress, experience=i, epoch=self.epochs)
+        self.job.update(results=json_safe(partial), progress=progress, experience=i, epoch=self.epochs)
         self.event("experience_end", {
             "experience": i, "n_experiences": n_units, "accuracy_row": row, "accuracy": record["accuracy"],
             "stream_accuracy": record["stream_accuracy"], "train_time_s": train_time,
@@ -417,4 +421,4 @@ class ExperimentRun:
         results["model"] = model_info
         results["mlflow"] = self._mlflow_info()
         results["cost"]["wall_time_s"] = time.perf_counter() - self.started
-        self.job.update(results=results, progress=1.0)
+        self.job.update(results=json_safe(results), progress=1.0)

@@ -83,9 +83,11 @@ def experiment_execute(*, owner: Any, name: str) -> Experiment:
         experiment.finished_at = None
         experiment.save()
         if fresh:
-            # A re-run starts from scratch: old events and checkpoints would mislead.
+            # A re-run starts from scratch: old events would mislead.
             experiment.events.all().delete()
-            transaction.on_commit(lambda: _experiment_files_remove(experiment))
+        # Every execution starts without checkpoints; only a re-queued attempt of this
+        # execution resumes from the ones it writes.
+        transaction.on_commit(lambda: _experiment_files_remove(experiment))
         experiment_event_record(experiment=experiment, type="status", payload={"status": JobStatus.QUEUED})
         transaction.on_commit(lambda: experiment_enqueue(experiment.pk))
     return experiment
