@@ -162,13 +162,21 @@ def model_version_mirror(*, username: str, name: str, version: int, model: Any, 
     normalised state_dict file; `tags` go on the registered model and on the version.
     Returns {"registered_name", "version", "model_uri", "run_id"}.
     """
+    import shutil
+    import tempfile
+    from pathlib import Path
+
     registered = f"{username}.{name}"
     _, run_id = run_start(username=username, run_name=f"model {name} v{version}", params={},
                           tags={**tags, "claas.user": username, "claas.model": name,
                                 "claas.model_version": str(version)})
     c = client()
     try:
-        c.log_artifact(run_id, state_dict_path, artifact_path="state_dict")
+        with tempfile.TemporaryDirectory() as tmp:
+            # The stored file has a random name; the artifact gets a readable one.
+            readable = Path(tmp) / f"{name}-v{version}.pt"
+            shutil.copyfile(state_dict_path, readable)
+            c.log_artifact(run_id, str(readable), artifact_path="state_dict")
         logged = model_log(run_id=run_id, model=model, input_example=input_example, name="model",
                            registered_name=registered, tags={**tags, "claas.model_version": str(version)})
         for key, value in tags.items():

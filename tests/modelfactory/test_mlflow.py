@@ -38,6 +38,11 @@ def test_the_mlflow_registry_lists_every_version_with_architecture_and_params(se
     assert model_tags["claas.architecture"] == "simple_mlp"
     assert json.loads(model_tags["claas.params"]) == params
 
+    # Each version's run keeps the normalised state_dict beside the logged model.
+    [second] = [v for v in versions if int(v.version) == 2]
+    artifacts = [a.path for a in client.list_artifacts(second.run_id, "state_dict")]
+    assert artifacts == [f"state_dict/{unique_name}-v2.pt"]
+
     # The MLflow copy is a loadable model with the uploaded weights.
     loaded = mlflow.pytorch.load_model(f"models:/alice.{unique_name}/2")
     for key, value in uploaded.state_dict().items():
