@@ -6,6 +6,7 @@ Nothing here downloads: torchvision datasets are read from CLAAS_DATASET_ROOT on
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
@@ -52,6 +53,7 @@ def _check_divides(n_classes: int, n_experiences: int) -> None:
         )
 
 
+@lru_cache(maxsize=32)
 def _digits_train_count(test_size: float) -> int:
     x, y = streams.load_digits_arrays()
     tr, _ = streams.stratified_split(y, test_size, 0)

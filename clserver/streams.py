@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -22,12 +23,21 @@ class Stream:
         return len(self.train)
 
 
-def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's 8x8 digits (shipped inside the package): x in [0, 1], 64 features."""
+@lru_cache(maxsize=1)
+def _digits() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
 
     data = load_digits()
-    return (data.data / 16.0).astype(np.float32), data.target.astype(np.int64)
+    x, y = (data.data / 16.0).astype(np.float32), data.target.astype(np.int64)
+    x.setflags(write=False)
+    y.setflags(write=False)
+    return x, y
+
+
+def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8x8 digits (shipped inside the package): x in [0, 1], 64 features."""
+    x, y = _digits()
+    return x.copy(), y.copy()
 
 
 def stratified_split(y: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
