@@ -5,6 +5,7 @@ Nothing here downloads: torchvision datasets are read from CLAAS_DATASET_ROOT on
 """
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -174,7 +175,34 @@ def _require(folder: Path, names: list[str], allow_gz: bool, label: str) -> None
             details={"missing_files": missing})
 
 
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """CIFAR's python batches are pickles: allow numpy arrays and plain containers, nothing else."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a dataset file")
+
+
+def _cifar_arrays(train: bool) -> tuple[np.ndarray, np.ndarray]:
+    folder = settings.DATASET_ROOT / "cifar-10-batches-py"
+    names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+    xs, ys = [], []
+    for name in names:
+        with open(folder / name, "rb") as f:
+            batch = _ArraysOnlyUnpickler(f, encoding="latin1").load()
+        xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        ys.append(np.asarray(batch["labels"], dtype=np.int64))
+    return np.concatenate(xs).astype(np.float32) / 255.0, np.concatenate(ys)
+
+
 def _torchvision_arrays(cls_name: str, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    if cls_name == "CIFAR10":
+        return _cifar_arrays(train)
     import torchvision.datasets as tvd
 
     ds = getattr(tvd, cls_name)(root=str(settings.DATASET_ROOT), train=train, download=False)
@@ -223,13 +251,13 @@ def _tv_entry(name: str, cls_name: str, folder: str, files: list[str], gz: bool,
                                         permute=permute))
 
 
-_tv_entry("split_mnist", "MNIST", "MNIST/raw", MNIST_FILES, True, [1, 28, 28], 60000, False,
+_tv_entry("split_mnist", "MNIST", "MNIST/raw", MNIST_FILES, False, [1, 28, 28], 60000, False,
           "Class-incremental MNIST from CLAAS_DATASET_ROOT/MNIST/raw.")
-_tv_entry("split_fashion_mnist", "FashionMNIST", "FashionMNIST/raw", MNIST_FILES, True, [1, 28, 28], 60000,
+_tv_entry("split_fashion_mnist", "FashionMNIST", "FashionMNIST/raw", MNIST_FILES, False, [1, 28, 28], 60000,
           False, "Class-incremental Fashion-MNIST from CLAAS_DATASET_ROOT/FashionMNIST/raw.")
 _tv_entry("split_cifar10", "CIFAR10", "cifar-10-batches-py", CIFAR10_FILES, False, [3, 32, 32], 50000, False,
           "Class-incremental CIFAR-10 from CLAAS_DATASET_ROOT/cifar-10-batches-py.")
-_tv_entry("permuted_mnist", "MNIST", "MNIST/raw", MNIST_FILES, True, [1, 28, 28], 60000, True,
+_tv_entry("permuted_mnist", "MNIST", "MNIST/raw", MNIST_FILES, False, [1, 28, 28], 60000, True,
           "Domain-incremental MNIST with one pixel permutation per experience.")
 
 
