@@ -84,3 +84,6 @@ def start_reaper() -> None:
     """Every worker watches for jobs whose worker vanished (missed heartbeats)."""
     if _reaper_started.acquire(blocking=False):
         threading.Thread(target=_reaper_loop, name="claas-reaper", daemon=True).start()
+
+
+from clserver import deployment_tasks  # noqa: E402,F401  (registers the deployment tasks)

@@ -2,6 +2,7 @@
 from django.urls import path
 
 from clserver import api
+from clserver import deployment_api as dep
 
 urlpatterns = [
     path("experiments/", api.ExperimentListApi.as_view(), name="experiment-list"),
@@ -14,4 +15,14 @@ urlpatterns = [
     path("benchmarks/", api.BenchmarkListApi.as_view(), name="benchmark-list"),
     path("datasets/", api.DatasetListApi.as_view(), name="dataset-list"),
     path("datasets/<str:name>", api.DatasetDetailApi.as_view(), name="dataset-detail"),
+    path("detectors/", dep.DetectorListApi.as_view(), name="detector-list"),
+    path("deployments/", dep.DeploymentListApi.as_view(), name="deployment-list"),
+    path("deployments/<str:name>", dep.DeploymentDetailApi.as_view(), name="deployment-detail"),
+    path("deployments/<str:name>/predict", dep.DeploymentPredictApi.as_view(), name="deployment-predict"),
+    path("deployments/<str:name>/ingest", dep.DeploymentIngestApi.as_view(), name="deployment-ingest"),
+    path("deployments/<str:name>/update", dep.DeploymentUpdateApi.as_view(), name="deployment-update"),
+    path("deployments/<str:name>/updates/<int:update_id>/cancel", dep.DeploymentUpdateCancelApi.as_view(),
+         name="deployment-update-cancel"),
+    path("deployments/<str:name>/rollback", dep.DeploymentRollbackApi.as_view(), name="deployment-rollback"),
+    path("deployments/<str:name>/events", dep.DeploymentEventsApi.as_view(), name="deployment-events"),
 ]
