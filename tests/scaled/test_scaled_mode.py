@@ -181,7 +181,8 @@ def test_killing_one_of_two_workers_leaves_the_other_to_finish(scaled, dana):
     assert len(resumed) == 1 and resumed[0]["from_experience"] >= 1
     results = dana.get("/base-scenario/dana/results/crash").json()
     assert [e["index"] for e in results["experiences"]] == [0, 1, 2, 3, 4]
-    assert results["metrics"]["final_accuracy"] >= 0.8
+    # Replay with few epochs: far above forgetting-level accuracy (about 0.2) after the hand-over.
+    assert results["metrics"]["final_accuracy"] >= 0.7
 
 
 ROUTING = """
