@@ -57,7 +57,8 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
 
 @login_required
 def deployments(request: HttpRequest) -> HttpResponse:
-    return _page(request, "deployments.html", "deployments")
+    return _page(request, "deployments.html", "deployments",
+                 training_params=[p.describe() for p in TRAINING_PARAMS])
 
 
 @login_required

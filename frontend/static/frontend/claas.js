@@ -133,18 +133,21 @@
     if (param.type === "bool") {
       input = el("input", { type: "checkbox", id, checked: !!current });
     } else if (param.choices) {
-      input = el("select", { id }, param.choices.map((c) => el("option", { value: c, selected: c === current }, c)));
+      // An empty choice stands for "the server's default" when the field starts empty.
+      const empty = current === null ? [el("option", { value: "" }, `default${param.placeholder ? ` (${param.placeholder})` : ""}`)] : [];
+      input = el("select", { id }, empty, param.choices.map((c) => el("option", { value: c, selected: c === current }, c)));
     } else if (param.type === "int" || param.type === "float") {
-      input = el("input", { type: "number", id, step: param.type === "int" ? "1" : "any",
+      input = el("input", { type: "number", id, step: param.type === "int" ? "1" : "any", placeholder: param.placeholder,
                             value: current === null || current === undefined ? "" : current });
     } else if (param.type === "int_list") {
       input = el("input", { type: "text", id, placeholder: Array.isArray(param.default) ? param.default.join(", ") : "",
                             value: Array.isArray(current) ? current.join(", ") : (current || "") });
     } else {
-      input = el("input", { type: "text", id, value: current ?? "" });
+      input = el("input", { type: "text", id, value: current ?? "", placeholder: param.placeholder });
     }
     input.dataset.path = path;
     input.dataset.type = param.type;
+    if (current === null) input.dataset.emptyIsDefault = "1";
     const range = [param.min !== undefined ? `min ${param.min}` : "", param.max !== undefined ? `max ${param.max}` : ""]
       .filter(Boolean).join(", ");
     const help = [param.help, range ? `(${range})` : ""].filter(Boolean).join(" ");
@@ -176,7 +179,7 @@
         const parts = raw.split(/[\s,]+/).filter(Boolean).map(Number);
         return parts.some(isNaN) ? raw : parts;
       }
-      default: return raw;
+      default: return raw === "" && input.dataset.emptyIsDefault ? null : raw;
     }
   }
 

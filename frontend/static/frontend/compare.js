@@ -79,7 +79,7 @@
   function renderTable(docs) {
     const body = document.querySelector("#compare-table tbody");
     if (!docs.length) {
-      body.replaceChildren(el("tr", {}, el("td", { colspan: 9, class: "empty" }, "Select experiments on the left.")));
+      body.replaceChildren(el("tr", {}, el("td", { colspan: 9, class: "empty" }, "Tick experiments above.")));
       return;
     }
     const best = Math.max(...docs.map((r) => (r.metrics || {}).final_accuracy ?? -1));
@@ -105,7 +105,7 @@
     if (!experiments.length) {
       picker.replaceChildren(el("p", { class: "empty" }, "No completed experiments yet."));
     } else {
-      picker.replaceChildren(...experiments.map((e) => el("div", { class: "field inline", style: "margin-bottom:6px" },
+      picker.replaceChildren(...experiments.map((e) => el("div", { class: "field inline pick" },
         el("input", { type: "checkbox", id: `pick-${e.exp_name}`, value: e.exp_name, checked: selected.includes(e.exp_name),
                       onchange: (ev) => {
                         selected = ev.target.checked ? [...selected, e.exp_name] : selected.filter((n) => n !== e.exp_name);

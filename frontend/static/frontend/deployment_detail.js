@@ -25,27 +25,48 @@
   });
 
   const championOf = (d) => first(d.champion_version, (d.champion || {}).version, null);
-  const thresholdOf = (d, check) => first((check || {}).threshold, (d.detector || {}).p_val, 0.05);
-  const accuracyOf = (v) => first(v.validation_accuracy, v.accuracy, (v.metrics || {}).accuracy, (v.metrics || {}).validation_accuracy);
 
   function renderChart(d) {
     const checks = d.drift_checks || [];
-    const threshold = thresholdOf(d);
+    // Batch detectors answer a p-value (drift below the threshold); online ones a distance
+    // (drift above the threshold).
+    const byPValue = checks.length === 0 || checks.some((c) => typeof c.p_val === "number");
+    const value = (c) => (byPValue ? c.p_val : c.distance);
     const points = checks.map((c, i) => ({
-      x: i + 1, y: first(c.p_val, 0),
-      label: `${fmt.date(c.created_at)}: p = ${fmt.num(first(c.p_val, NaN), 4)}${c.is_drift ? " (drift)" : ""}` +
-             (c.n_samples ? `, ${c.n_samples} samples` : ""),
+      x: i + 1, y: first(value(c), 0),
+      label: `${fmt.date(c.created_at)} · ${c.n_samples} samples · ${byPValue ? "p" : "distance"} = ` +
+             `${fmt.num(first(value(c), NaN), 4)}${c.is_drift ? " · drift" : ""}`,
     }));
+    const thresholds = checks.map((c, i) => ({ x: i + 1, y: first(c.threshold, (d.detector || {}).p_val, null) }))
+      .filter((p) => typeof p.y === "number");
+    const rule = byPValue ? "below" : "above";
     chart.data.datasets = [
-      { label: "p-value", data: points, borderColor: "#2456d6", backgroundColor: "#2456d6", borderWidth: 2,
-        pointRadius: 5, pointBackgroundColor: checks.map((c) => (c.is_drift ? "#c53030" : "#1d8a4e")) },
-      { label: `threshold (p < ${threshold} is drift)`, data: points.length ? [{ x: 1, y: threshold }, { x: points.length, y: threshold }] : [],
-        borderColor: "#c53030", borderDash: [6, 4], borderWidth: 1.5, pointRadius: 0 },
+      { label: byPValue ? "p-value" : "distance", data: points, borderColor: "#2456d6", backgroundColor: "#2456d6",
+        borderWidth: 2, pointRadius: 5, pointHoverRadius: 7,
+        pointBackgroundColor: checks.map((c) => (c.is_drift ? "#c53030" : "#1d8a4e")),
+        pointBorderColor: checks.map((c) => (c.is_drift ? "#c53030" : "#1d8a4e")) },
+      { label: `threshold (drift ${rule} it)`, data: thresholds, borderColor: "#c53030", borderDash: [6, 4],
+        borderWidth: 1.5, pointRadius: 0, stepped: true },
     ];
+    chart.options.scales.y = byPValue
+      ? { min: 0, max: 1, title: { display: true, text: "p-value" } }
+      : { beginAtZero: true, title: { display: true, text: "distance" } };
     chart.options.scales.x.max = Math.max(points.length, 2);
     chart.update();
     document.getElementById("drift-box").dataset.points = points.length;
-    document.getElementById("threshold-note").textContent = `red points: drift (p-value below ${threshold})`;
+    document.getElementById("drift-box").dataset.drifts = checks.filter((c) => c.is_drift).length;
+    document.getElementById("threshold-note").textContent = checks.length
+      ? `red points: drift (${byPValue ? "p-value" : "distance"} ${rule} the dashed threshold)` : "no checks yet: ingest data";
+  }
+
+  function renderChecks(d) {
+    const latest = [...(d.drift_checks || [])].reverse().slice(0, 20);
+    document.querySelector("#checks-table tbody").replaceChildren(...latest.map((c) => el("tr", {},
+      el("td", {}, c.id), el("td", { class: "subtle small" }, fmt.date(c.created_at)),
+      el("td", { class: "num" }, fmt.int(c.n_samples)), el("td", { class: "num" }, fmt.num(c.p_val, 4)),
+      el("td", { class: "num" }, fmt.num(c.distance, 4)), el("td", { class: "num" }, fmt.num(c.threshold, 4)),
+      el("td", {}, c.is_drift ? badge("drift", "drift") : badge("ok", "no drift")),
+      el("td", {}, c.champion_version ? `v${c.champion_version}` : "—"))));
   }
 
   function renderVersions(d) {
@@ -57,16 +78,18 @@
       return;
     }
     body.replaceChildren(...versions.map((v) => {
-      const isChampion = v.version === champion || v.is_champion === true;
+      const isChampion = v.is_champion === true || v.version === champion;
       const aliases = (v.aliases || []).filter((a) => a !== "champion");
+      // Only a version that served before can serve again.
+      const canRollBack = !isChampion && !!v.served_at;
       return el("tr", { "data-version": v.version, class: isChampion ? "champion-row" : "" },
-        el("td", {}, `v${v.version} `, isChampion ? badge("champion", "champion") : "",
+        el("td", {}, `v${v.version} `, isChampion ? badge("champion", "champion") : "", " ",
            aliases.map((a) => badge(a, a))),
-        el("td", { class: "small" }, first(v.origin, v.source, v.reason, "—")),
-        el("td", { class: "num" }, fmt.pct(accuracyOf(v))),
-        el("td", { class: "subtle" }, fmt.date(v.created_at)),
-        el("td", {}, isChampion ? "" : el("button", { class: "btn small rollback", "data-version": v.version,
-                                                      onclick: () => rollback(v.version) }, "Roll back to this")));
+        el("td", { class: "small" }, [v.origin, v.decision].filter(Boolean).join(" · ") || "—"),
+        el("td", { class: "num" }, fmt.pct(v.validation_accuracy)),
+        el("td", { class: "subtle small" }, fmt.date(v.created_at)),
+        el("td", {}, canRollBack ? el("button", { class: "btn small rollback", "data-version": v.version,
+                                                  onclick: () => rollback(v.version) }, "Roll back to this") : ""));
     }));
   }
 
@@ -74,20 +97,20 @@
     const updates = [...(d.updates || [])].reverse();
     const body = document.querySelector("#updates-table tbody");
     if (!updates.length) {
-      body.replaceChildren(el("tr", {}, el("td", { colspan: 5, class: "empty" }, "No updates yet: they start when drift is detected.")));
+      body.replaceChildren(el("tr", {}, el("td", { colspan: 5, class: "empty" }, "No updates yet.")));
       return;
     }
     body.replaceChildren(...updates.map((u) => {
-      const candidate = first(u.candidate_version, u.version, (u.candidate || {}).version);
-      const compared = [first(u.champion_accuracy, u.old_accuracy), first(u.candidate_accuracy, u.new_accuracy)];
+      const compared = typeof u.champion_accuracy === "number" && typeof u.candidate_accuracy === "number";
       return el("tr", { "data-update": u.id, "data-status": u.status },
         el("td", {}, u.id),
-        el("td", {}, badge(u.status)),
-        el("td", {}, candidate ? `v${candidate}` : "—"),
-        el("td", { class: "small" }, first(u.reason, u.error, "—"),
-           compared.every((x) => typeof x === "number")
-             ? el("div", { class: "subtle" }, `validation: champion ${fmt.pct(compared[0])} → candidate ${fmt.pct(compared[1])}`) : ""),
-        el("td", { class: "subtle small" }, fmt.date(first(u.finished_at, u.created_at))));
+        el("td", {}, badge(u.status), el("div", { class: "subtle small" }, u.trigger || "")),
+        el("td", {}, u.candidate_version ? `v${u.candidate_version}` : "—",
+           el("div", { class: "subtle small" }, u.n_samples ? `${u.n_samples} samples` : "")),
+        el("td", { class: "small reason" }, u.reason || u.error || "—",
+           compared ? el("div", { class: "subtle" },
+             `validation: champion ${fmt.pct(u.champion_accuracy)} → candidate ${fmt.pct(u.candidate_accuracy)}`) : ""),
+        el("td", { class: "subtle small" }, fmt.date(first(u.finished_at, u.started_at, u.created_at))));
     }));
   }
 
@@ -103,14 +126,16 @@
     const drifts = checks.filter((c) => c.is_drift).length;
     document.getElementById("s-drifts").textContent = drifts ? `${drifts} with drift` : "";
     const det = d.detector || {};
-    document.getElementById("s-detector").textContent = det.name ? `${det.name}, p < ${det.p_val}` : "";
+    document.getElementById("s-detector").textContent = det.name
+      ? `${det.name}${typeof det.p_val === "number" ? `, drift when p < ${det.p_val}` : ""}` : "";
     const updates = d.updates || [];
     document.getElementById("s-updates").textContent = updates.length;
     const promoted = updates.filter((u) => u.status === "promoted").length;
     document.getElementById("s-promoted").textContent = updates.length ? `${promoted} promoted` : "";
     const up = d.update || {};
     document.getElementById("s-policy").textContent = up.trigger
-      ? `on ${up.trigger}, ${((up.strategy || {}).name) || "replay"}, at least ${up.min_samples} samples` : "";
+      ? `on ${up.trigger.replace(/_/g, " ")} by ${((up.strategy || {}).name) || "replay"}; ` +
+        `${d.buffered_samples ?? 0} of ${up.min_samples} samples buffered` : "";
   }
 
   let loading = null, again = false;
@@ -122,6 +147,7 @@
         const d = await api("GET", path);
         renderSummary(d);
         renderChart(d);
+        renderChecks(d);
         renderVersions(d);
         renderUpdates(d);
         root.dataset.champion = championOf(d) ?? "";
@@ -149,8 +175,13 @@
   }
 
   const live = document.getElementById("live-indicator");
-  socket(() => `/ws/deployments/${username}/${encodeURIComponent(name)}/`, {
-    onMessage: () => load(),
+  let lastId = 0;
+  socket(() => `/ws/deployments/${username}/${encodeURIComponent(name)}/?after=${lastId}`, {
+    onMessage(event) {
+      if (event.id <= lastId) return;
+      lastId = event.id;
+      load();
+    },
     onOpen() { live.textContent = "● live"; live.style.color = "var(--ok)"; load(); },
     onClose() { live.textContent = "○ reconnecting…"; live.style.color = ""; },
     onRefused() { live.textContent = ""; },

@@ -1,16 +1,18 @@
-/* Deployments page: the user's deployments and a form to deploy a model. */
+/* Deployments page: the user's deployments and a form to deploy a model, built from the
+   detector and strategy registries. */
 (function () {
   "use strict";
   const { api, el, fmt, forms, badge } = window.CLaaS;
   const form = document.getElementById("deploy-form");
   let strategies = [];
+  let detectors = [];
+  const $ = (id) => document.getElementById(id);
 
-  const championOf = (d) => d.champion_version ?? (d.champion || {}).version ?? null;
   function sourceText(src) {
     if (!src) return "—";
     if (src.exp_name) return `experiment ${src.exp_name}`;
     if (src.registered) return `${src.registered} v${src.version ?? "latest"}`;
-    return JSON.stringify(src);
+    return "—";
   }
 
   async function loadDeployments() {
@@ -22,99 +24,107 @@
         return;
       }
       body.replaceChildren(...deployments.map((d) => {
-        const checks = d.drift_checks || [];
-        const last = d.last_drift_check || checks[checks.length - 1];
-        const champion = championOf(d);
+        const last = d.last_drift_check;
         return el("tr", { "data-deployment": d.name },
           el("td", {}, el("a", { href: `/deployments/${encodeURIComponent(d.name)}/` }, d.name)),
           el("td", {}, sourceText(d.source)),
-          el("td", {}, champion ? badge("champion", `v${champion}`) : "—"),
-          el("td", {}, d.detector ? `${d.detector.name} (p < ${d.detector.p_val})` : "—"),
-          el("td", { class: "num" }, d.n_drift_checks ?? checks.length),
+          el("td", {}, d.champion_version ? badge("champion", `v${d.champion_version}`) : "—"),
+          el("td", {}, d.detector ? d.detector.name : "—"),
+          el("td", { class: "num" }, d.n_drift_checks ?? "—"),
           el("td", {}, last ? [last.is_drift ? badge("drift", "drift") : badge("ok", "no drift"), " ",
                                el("span", { class: "subtle small" }, fmt.date(last.created_at))] : "—"),
           el("td", { class: "subtle" }, fmt.date(d.created_at)));
       }));
     } catch (err) {
-      const text = err.status === 404 ? "Deployments are not available on this server." : err.message;
-      body.replaceChildren(el("tr", {}, el("td", { colspan: 7, class: "empty" }, text)));
+      body.replaceChildren(el("tr", {}, el("td", { colspan: 7, class: "empty" }, err.message)));
     }
   }
 
   function showSource() {
-    const kind = document.getElementById("d-source-kind").value;
+    const kind = $("d-source-kind").value;
     for (const block of form.querySelectorAll("[data-source]")) block.hidden = block.dataset.source !== kind;
   }
 
-  function showStrategy() {
-    const strat = strategies.find((s) => s.name === document.getElementById("d-strategy").value);
-    forms.renderParams(document.getElementById("d-strategy-params"), strat ? strat.params : [], "update.strategy.params");
+  function showDetector() {
+    const det = detectors.find((d) => d.name === $("d-detector").value);
+    $("d-detector-help").textContent = det ? det.help || "" : "";
+    forms.renderParams($("d-detector-params"), det ? det.params : [], "detector");
   }
 
-  function number(id) {
-    const v = forms.readValue(document.getElementById(id));
-    return v;
+  function showStrategy() {
+    const strat = strategies.find((s) => s.name === $("d-strategy").value);
+    // Left empty, a parameter takes the deployment's default (e.g. mem_size follows memory_size).
+    const params = (strat ? strat.params : []).map((p) => ({ ...p, default: null, placeholder: String(p.default) }));
+    forms.renderParams($("d-strategy-params"), params, "update.strategy.params");
+  }
+
+  const given = (obj) => Object.fromEntries(Object.entries(obj).filter(([, v]) => v !== null && v !== ""));
+
+  function body() {
+    const kind = $("d-source-kind").value;
+    const source = kind === "experiment" ? { exp_name: $("d-exp").value }
+      : given({ registered: $("d-registered").value, version: forms.readValue($("d-version")),
+                reference: $("d-reference").value });
+    const detector = { name: $("d-detector").value, ...forms.collectParams($("d-detector-params")) };
+    if ($("d-preprocess").value) detector.preprocess = { name: $("d-preprocess").value };
+    const update = given({
+      trigger: $("d-trigger").value,
+      min_samples: forms.readValue($("d-min_samples")),
+      tolerance: forms.readValue($("d-tolerance")),
+      every_n_samples: $("d-trigger").value === "every_n_samples" ? forms.readValue($("d-every")) : null,
+    });
+    update.strategy = { name: $("d-strategy").value, params: given(forms.collectParams($("d-strategy-params"))) };
+    const training = given(forms.collectParams($("d-training-params")));
+    if (Object.keys(training).length) update.training = training;
+    return { name: $("d-name").value.trim(), source, detector, update };
   }
 
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
     forms.clearErrors(form);
-    const kind = document.getElementById("d-source-kind").value;
-    const source = kind === "experiment"
-      ? { exp_name: document.getElementById("d-exp").value }
-      : { registered: document.getElementById("d-registered").value };
-    if (kind === "registered" && document.getElementById("d-version").value) source.version = number("d-version");
-    const body = {
-      name: document.getElementById("d-name").value.trim(),
-      source,
-      detector: { name: document.getElementById("d-detector").value, p_val: number("d-p_val") },
-      update: {
-        trigger: document.getElementById("d-trigger").value,
-        strategy: { name: document.getElementById("d-strategy").value,
-                    params: forms.collectParams(document.getElementById("d-strategy-params")) },
-        min_samples: number("d-min_samples"),
-        tolerance: number("d-tolerance"),
-      },
-    };
+    const button = form.querySelector("button[type=submit]");
+    button.disabled = true;
     try {
-      const created = await api("POST", "/api/deployments/", body);
+      const created = await api("POST", "/api/deployments/", body());
       location.href = `/deployments/${encodeURIComponent(created.name)}/`;
     } catch (err) {
       forms.showError(form, err, "The model was not deployed: please correct the highlighted field.");
+      button.disabled = false;
     }
   });
 
+  const options = (items, empty) => (items.length ? items : [el("option", { value: "" }, empty)]);
+
   async function init() {
-    for (const id of ["d-p_val", "d-min_samples", "d-tolerance", "d-version"]) {
-      document.getElementById(id).dataset.type = id === "d-min_samples" || id === "d-version" ? "int" : "float";
-    }
-    const [experiments, models, strats, detectors] = await Promise.all([
+    const [experiments, models, strats, dets, datasets] = await Promise.all([
       api("GET", "/api/experiments/"), api("GET", "/api/models/").catch(() => []),
-      api("GET", "/api/strategies/"), api("GET", "/api/detectors/").catch(() => null),
+      api("GET", "/api/strategies/"), api("GET", "/api/detectors/"), api("GET", "/api/datasets/").catch(() => []),
     ]);
     strategies = strats.filter((s) => !s.offline);
+    detectors = dets;
     const done = experiments.filter((x) => x.status === "completed");
-    document.getElementById("d-exp").replaceChildren(...(done.length
-      ? done.map((x) => el("option", { value: x.exp_name }, `${x.exp_name} (${x.options.strategy.name})`))
-      : [el("option", { value: "" }, "— no completed experiments —")]));
-    document.getElementById("d-registered").replaceChildren(...(models.length
-      ? models.map((m) => el("option", { value: m.name }, m.name))
-      : [el("option", { value: "" }, "— no registered models —")]));
-    if (Array.isArray(detectors) && detectors.length) {
-      const select = document.getElementById("d-detector");
-      select.replaceChildren(...detectors.map((d) => el("option", { value: d.name }, d.name)));
-      const help = () => {
-        const d = detectors.find((x) => x.name === select.value);
-        document.getElementById("d-detector-help").textContent = d ? d.help || "" : "";
-      };
-      select.addEventListener("change", help);
-      help();
-    }
-    const strategySelect = document.getElementById("d-strategy");
-    strategySelect.replaceChildren(...strategies.map((s) => el("option", { value: s.name, selected: s.name === "replay" }, s.name)));
-    strategySelect.addEventListener("change", showStrategy);
-    document.getElementById("d-source-kind").addEventListener("change", showSource);
+    $("d-exp").replaceChildren(...options(done.map((x) =>
+      el("option", { value: x.exp_name }, `${x.exp_name} (${x.options.strategy.name})`)), "— no completed experiments —"));
+    $("d-registered").replaceChildren(...options(models.map((m) => el("option", { value: m.name }, m.name)),
+                                                 "— no registered models —"));
+    $("d-reference").replaceChildren(...options(datasets.map((d) =>
+      el("option", { value: d.name }, `${d.name} (${d.n_samples} rows)`)), "— upload one through /api/datasets/ —"));
+    $("d-detector").replaceChildren(...detectors.map((d) =>
+      el("option", { value: d.name, selected: d.name === "mmd" }, `${d.name} (${d.kind})`)));
+    const preprocess = (detectors[0] || {}).preprocess || [];
+    $("d-preprocess").append(...preprocess.map((p) => el("option", { value: p.name, title: p.help || "" }, p.name)));
+    $("d-strategy").replaceChildren(...strategies.map((s) => el("option", { value: s.name, selected: s.name === "replay" }, s.name)));
+    $("d-detector").addEventListener("change", showDetector);
+    $("d-strategy").addEventListener("change", showStrategy);
+    $("d-source-kind").addEventListener("change", showSource);
+    $("d-trigger").addEventListener("change", () => { $("d-every-field").hidden = $("d-trigger").value !== "every_n_samples"; });
+    // Left empty, an update trains with the server's defaults.
+    const trainingParams = JSON.parse($("training-params").textContent)
+      .map((p) => ({ ...p, default: null, placeholder: String(p.default) }));
+    forms.renderParams($("d-training-params"), trainingParams, "update.training");
+    showDetector();
     showStrategy();
+    showSource();
     form.dataset.ready = "1";
   }
 

@@ -39,6 +39,8 @@
     data: { datasets: [] },
     options: {
       parsing: false,
+      clip: false,  // points at 100 % stay whole
+      layout: { padding: { top: 8 } },
       scales: { x: { type: "linear", min: 1, offset: true, title: { display: true, text: "after training on experience" },
                      ticks: { precision: 0, stepSize: 1 } },
                 y: { ...percentAxis, title: { display: true, text: "accuracy" } } },
