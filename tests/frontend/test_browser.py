@@ -264,3 +264,38 @@ def test_deployment_page_follows_drift_checks_an_update_and_a_rollback(page: Pag
     expect(root).to_have_attribute("data-champion", "1")
     expect(page.locator('#versions-table tr[data-version="1"] .badge.champion')).to_be_visible()
     assert gina.get("/api/deployments/digits-prod").json()["champion_version"] == 1
+
+
+def test_register_a_model_and_upload_weights_as_a_new_version(page: Page, gina, tmp_path: Path):
+    page.goto("/models/")
+    expect(page.locator("#register-form")).to_have_attribute("data-ready", "1")
+    page.fill("#r-name", "digits-mlp")
+    page.select_option("#r-architecture", "simple_mlp")
+    expect(page.locator("#f-params-hidden_size")).to_have_value("128")
+    page.fill("#f-params-hidden_size", "32")
+    page.click("#register-form button[type=submit]")
+    expect(page).to_have_url(re.compile(r"/models/digits-mlp/$"))
+    expect(page.locator("#versions-table tbody tr")).to_have_count(1)
+
+    # A file that is not a state_dict is refused with the reason next to the file field.
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a model")
+    page.set_input_files("#u-file", str(junk))
+    page.click("#upload-form button[type=submit]")
+    expect(page.locator('#upload-form .field[data-path="file"] .error')).not_to_be_empty()
+
+    params = gina.get("/api/models/digits-mlp").json()["params"]
+    weights = tmp_path / "weights.pt"
+    torch.save(architecture_build(architecture="simple_mlp", params=params).state_dict(), weights)
+    page.set_input_files("#u-file", str(weights))
+    page.fill("#u-note", "trained elsewhere")
+    page.click("#upload-form button[type=submit]")
+    expect(page.locator("#versions-table tbody tr")).to_have_count(2)
+    newest = page.locator('#versions-table tr[data-version="2"]')
+    expect(newest).to_contain_text("trained elsewhere")
+    expect(newest.locator(".badge")).to_have_text("latest")
+    with page.expect_download() as download_info:
+        newest.get_by_role("link", name="state_dict").click()
+    path = tmp_path / "v2.pt"
+    download_info.value.save_as(path)
+    assert set(torch.load(path, weights_only=True)) == set(torch.load(weights, weights_only=True))

@@ -215,7 +215,9 @@
 
   /** Put the server's sentence next to its field, with a summary at the top of the form. */
   function showError(form, err, summary) {
-    const field = fieldForError(form, err);
+    // A form about one thing (e.g. an upload) names it in data-default-field for errors without a path.
+    const fallback = form.dataset.defaultField && form.querySelector(`.field[data-path="${form.dataset.defaultField}"]`);
+    const field = fieldForError(form, err) || (err.status === 400 && fallback) || null;
     const box = form.querySelector(".form-error");
     if (field) {
       field.classList.add("invalid");
