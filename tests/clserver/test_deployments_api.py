@@ -174,7 +174,8 @@ def test_predict_answers_with_the_champion_and_its_version(api, deployed, digits
 
 
 def test_ingest_checks_drift_and_buffers_without_a_manual_update(api, deployed, digits, tmp_path):
-    te = digits["te"]
+    # Every other held-out digit: the file's order follows its writers, so a slice would not be i.i.d.
+    te = np.concatenate([digits["te"][::2], digits["te"][1::2]])
     same = api.post("/api/deployments/prod/ingest", {"inputs": digits["x"][te[:150]].tolist(),
                                                      "labels": digits["y"][te[:150]].tolist()}, format="json")
     assert same.status_code == 200, same.json()
@@ -286,7 +287,7 @@ def test_delete_removes_the_deployment_and_its_files(api, deployed, tmp_path):
 def test_an_online_detector_keeps_its_state_across_batches_and_restarts(api, experiment, digits):
     detector = {"name": "mmd_online", "ert": 200, "window_size": 10, "n_bootstraps": 500, "n_reference": 60}
     assert create(api, "online", detector=detector, update={"trigger": "manual"}).status_code == 201
-    te = digits["te"]
+    te = np.concatenate([digits["te"][::2], digits["te"][1::2]])
 
     def ingest(rows):
         return api.post("/api/deployments/online/ingest", {"inputs": digits["x"][rows].tolist(),
@@ -304,3 +305,50 @@ def test_an_online_detector_keeps_its_state_across_batches_and_restarts(api, exp
                                                          "labels": digits["y"][te[30:130]].tolist()},
                       format="json").json()["drift"]
     assert turned["is_drift"] is True and turned["details"]["detected_at"] < 60
+
+
+@pytest.fixture
+def registered(user, trained_state, digits, tmp_path):
+    """A registered model version with the trained weights, and an uploaded dataset of digits."""
+    from clserver.models import Dataset
+    from modelfactory.models import ModelVersion, RegisteredModel
+
+    model = RegisteredModel.objects.create(owner=user, name="mlp", architecture="simple_mlp", params=options_params())
+    torch.save(trained_state, tmp_path / "mlp-v1.pt")
+    ModelVersion.objects.create(model=model, version=1, weights_file="mlp-v1.pt", source_format="state_dict",
+                                sha256="0" * 64)
+    np.savez(tmp_path / "digits.npz", x=digits["x"], y=digits["y"])
+    Dataset.objects.create(owner=user, name="digits-ref", file="digits.npz", original_format="npz",
+                           n_samples=len(digits["y"]), n_features=64, classes=list(range(10)))
+    np.savez(tmp_path / "wide.npz", x=np.zeros((20, 65), np.float32), y=np.arange(20) % 2)
+    Dataset.objects.create(owner=user, name="wide", file="wide.npz", original_format="npz", n_samples=20,
+                           n_features=65, classes=[0, 1])
+    return model
+
+
+def test_create_from_a_registered_model_takes_its_data_from_the_reference_dataset(api, registered, digits):
+    response = api.post("/api/deployments/", {"name": "reg", "detector": {"name": "ks"},
+                                              "source": {"registered": "mlp", "version": 1,
+                                                         "reference": "digits-ref"}}, format="json")
+    assert response.status_code == 201, response.json()
+    body = response.json()
+    assert body["source"] == {"registered": "mlp", "version": 1, "reference": "digits-ref"}
+    assert body["source_train_samples"] == len(digits["tr"])
+    assert body["champion"]["metrics"]["validation_samples"] == len(digits["te"])
+    assert body["champion"]["validation_accuracy"] > 0.8
+    x = digits["x"][digits["te"][:20]]
+    assert api.post("/api/deployments/reg/predict", {"inputs": x.tolist()}, format="json").json()["model_version"] == 1
+
+
+@pytest.mark.parametrize("source, words", [
+    ({"registered": "mlp", "reference": "nothing"}, "source.reference: you have no dataset named 'nothing'."),
+    ({"registered": "mlp", "reference": "wide"}, "dataset 'wide' has 65 features but the model takes 64."),
+    ({"registered": "mlp", "version": 9, "reference": "digits-ref"}, "Registered model 'mlp' has no version 9."),
+    ({"registered": "other", "reference": "digits-ref"}, "no registered model named 'other'"),
+    ({"registered": "mlp", "version": 0, "reference": "digits-ref"}, "source.version must be a positive integer"),
+])
+def test_create_from_a_registered_model_checks_the_model_and_the_dataset(api, registered, source, words):
+    response = api.post("/api/deployments/", {"name": "reg", "source": source}, format="json")
+    assert response.status_code == 400
+    assert words in response.json()["error"]
+    assert Deployment.objects.count() == 0
