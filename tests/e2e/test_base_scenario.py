@@ -92,11 +92,11 @@ def test_exec_of_a_queued_or_running_experiment_is_a_conflict(carol):
 
 def test_status_reports_progress_while_running(carol):
     body = {**QUALITY, "exp_name": "progress", "strategy": {"name": "naive"},
-            "training": {**QUALITY["training"], "epochs": 40}}
+            "training": {**QUALITY["training"], "epochs": 30}}
     carol.post("/base-scenario/setup/", body)
     carol.post("/base-scenario/carol/exec/progress")
     seen = set()
-    deadline = time.time() + 120
+    deadline = time.time() + 600
     while time.time() < deadline:
         status = carol.get("/base-scenario/carol/status/progress").json()
         seen.add(round(status["progress"], 2))
