@@ -16,6 +16,7 @@ from clserver.deployment_serializers import (
     DeploymentCreateInputSerializer,
     DeploymentDetailSerializer,
     DeploymentSummarySerializer,
+    DetectorSerializer,
     IngestInputSerializer,
     IngestOutputSerializer,
     PredictInputSerializer,
@@ -42,7 +43,8 @@ def _body(request: Request) -> dict[str, Any]:
 
 
 class DetectorListApi(APIView):
-    @extend_schema(summary="Drift detectors with their parameters, defaults and preprocess choices.")
+    @extend_schema(summary="Drift detectors with their parameters, defaults and preprocess choices.",
+                   responses={200: DetectorSerializer(many=True)})
     def get(self, request: Request) -> Response:
         return Response(detector_list())
 

@@ -8,6 +8,15 @@ from __future__ import annotations
 from rest_framework import serializers
 
 
+class DetectorSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    help = serializers.CharField()
+    kind = serializers.ChoiceField(choices=["batch", "online"])
+    params = serializers.ListField(child=serializers.DictField(), help_text="name, type, default, help, min, max.")
+    preprocess = serializers.ListField(child=serializers.DictField(),
+                                       help_text="Preprocess choices (dimension reduction before the test).")
+
+
 class DeploymentSourceSerializer(serializers.Serializer):
     exp_name = serializers.CharField(required=False, help_text="A completed experiment: its final model is version 1.")
     registered = serializers.CharField(required=False, help_text="A registered model (instead of exp_name).")

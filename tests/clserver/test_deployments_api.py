@@ -352,3 +352,40 @@ def test_create_from_a_registered_model_checks_the_model_and_the_dataset(api, re
     assert response.status_code == 400
     assert words in response.json()["error"]
     assert Deployment.objects.count() == 0
+
+
+def test_every_n_samples_trigger_queues_one_update_at_a_time_and_cancel_returns_its_data(api, experiment, digits):
+    update = {"trigger": "every_n_samples", "every_n_samples": 100, "min_samples": 50}
+    assert create(api, "steady", detector={"name": "ks"}, update=update).status_code == 201
+    tr = digits["tr"]
+
+    def ingest(rows):
+        return api.post("/api/deployments/steady/ingest", {"inputs": digits["x"][rows].tolist(),
+                                                           "labels": digits["y"][rows].tolist()}, format="json").json()
+
+    first = ingest(tr[:60])
+    assert first["update"] is None
+    assert first["trigger"] == "Only 60 labelled samples are buffered; an update starts once 100 are."
+    second = ingest(tr[60:120])
+    assert second["update"]["status"] == "queued" and second["buffered"] == 0
+    assert second["trigger"] == f"120 samples since the last update with 120 labelled samples buffered: " \
+                                f"update {second['update']['id']} is queued."
+    third = ingest(tr[120:240])
+    assert third["update"] is None and third["buffered"] == 120
+    assert third["trigger"].startswith(f"Update {second['update']['id']} is still queued")
+    queued = DeploymentUpdate.objects.get(pk=second["update"]["id"])
+    assert queued.n_samples == 120 and queued.samples_seen_total == len(tr) + 120
+    assert queued.options["trigger"] == "every_n_samples" and queued.base_version == 1
+
+    cancelled = api.post(f"/api/deployments/steady/updates/{queued.id}/cancel", format="json")
+    assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"
+    assert api.get("/api/deployments/steady").json()["buffered_samples"] == 240
+    again = api.post(f"/api/deployments/steady/updates/{queued.id}/cancel", format="json")
+    assert again.status_code == 409 and "only queued or running updates" in again.json()["error"]
+    manual = api.post("/api/deployments/steady/update", {"training": {"epochs": 1}}, format="json")
+    assert manual.status_code == 202 and manual.json()["trigger"] == "manual"
+    assert manual.json()["n_samples"] == 240 and manual.json()["options"]["training"]["epochs"] == 1
+    bad = api.post("/api/deployments/steady/update", {"training": {"epochs": 0}}, format="json")
+    assert bad.status_code == 400 and bad.json()["error"] == "update.training.epochs must be at least 1."
+    busy = api.post("/api/deployments/steady/update", {}, format="json")
+    assert busy.status_code == 409 and busy.json()["error"].endswith("is already queued.")
