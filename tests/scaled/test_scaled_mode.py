@@ -29,7 +29,7 @@ def dana(scaled: Scaled):
     return scaled.service.user("dana")
 
 
-def setup(client, name: str, strategy: dict, **overrides) -> None:
+def create(client, name: str, strategy: dict, **overrides) -> None:
     body = {**OPTIONS, "exp_name": name, "strategy": strategy, **overrides}
     created = client.post("/base-scenario/setup/", body)
     assert created.status_code == 201, created.text
@@ -54,8 +54,8 @@ def test_the_service_reports_the_scaled_mode(scaled):
 
 
 def test_base_scenario_runs_on_two_worker_processes_at_once(scaled, dana, tmp_path):
-    setup(dana, "replay", REPLAY)
-    setup(dana, "naive", {"name": "naive"})
+    create(dana, "replay", REPLAY)
+    create(dana, "naive", {"name": "naive"})
     execute(dana, "replay")
     execute(dana, "naive")
     assert dana.wait_status("replay")["status"] == "completed"
@@ -107,7 +107,7 @@ async def test_worker_events_reach_a_websocket_in_another_process_through_redis(
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {"hosts": [scaled.redis_url], "prefix": scaled.huey_name},
     }}
-    await asyncio.to_thread(setup, dana, "live", {"name": "naive"},
+    await asyncio.to_thread(create, dana, "live", {"name": "naive"},
                             training={**OPTIONS["training"], "epochs": 2})
     row = await asyncio.to_thread(scaled.row, username="dana", exp_name="live")
     group = experiment_group(owner_id=row["owner_id"], name="live")
@@ -132,7 +132,7 @@ async def test_worker_events_reach_a_websocket_in_another_process_through_redis(
 
 
 def test_a_job_asking_for_cuda_waits_for_a_cuda_worker(scaled, dana):
-    setup(dana, "on-gpu", {"name": "naive"}, training={**OPTIONS["training"], "device": "cuda", "epochs": 1})
+    create(dana, "on-gpu", {"name": "naive"}, training={**OPTIONS["training"], "device": "cuda", "epochs": 1})
     execute(dana, "on-gpu")
     # Both CPU workers see the job and put it back; it stays queued and is never claimed.
     deadline = time.time() + 60
@@ -159,7 +159,7 @@ def test_a_job_asking_for_cuda_waits_for_a_cuda_worker(scaled, dana):
 
 
 def test_killing_one_of_two_workers_leaves_the_other_to_finish(scaled, dana):
-    setup(dana, "crash", REPLAY, training={**OPTIONS["training"], "epochs": 5})
+    create(dana, "crash", REPLAY, training={**OPTIONS["training"], "epochs": 5})
     execute(dana, "crash")
     deadline = time.time() + 180
     # After experience 1 ends, experience 0's checkpoint is surely on disk.
