@@ -299,3 +299,24 @@ def test_register_a_model_and_upload_weights_as_a_new_version(page: Page, gina, 
     path = tmp_path / "v2.pt"
     download_info.value.save_as(path)
     assert set(torch.load(path, weights_only=True)) == set(torch.load(weights, weights_only=True))
+
+
+def test_cancel_a_running_experiment_then_delete_it(page: Page, gina):
+    body = {"exp_name": "long-run", "overwrite": True, "strategy": {"name": "naive"},
+            "training": {"epochs": 1000, "device": "cpu"}}
+    assert gina.post("/base-scenario/setup/", body).status_code == 201
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.goto("/experiments/long-run/")
+    expect(page.locator("#run-button")).to_have_text("Run")
+    page.click("#run-button")
+    wait_live(page, lambda s: s["status"] == "running" and s["loss_points"] >= 1)
+
+    page.click("#cancel-button")
+    expect(page.locator("#status-badge")).to_have_text("cancelled")
+    expect(page.locator("#cancel-button")).to_be_hidden()
+    assert gina.get("/base-scenario/gina/status/long-run").json()["status"] == "cancelled"
+
+    page.click("#delete-button")
+    expect(page).to_have_url(re.compile(r"/$"))
+    assert gina.get("/api/experiments/long-run").status_code == 404
+    expect(page.locator('#experiments-table tr[data-exp="long-run"]')).to_have_count(0)

@@ -238,7 +238,9 @@
       note(`A worker stopped; attempt ${event.attempt || "?"} resumed from experience ${from + 1}'s checkpoint.`);
     },
     continued(event) {
-      note(`Continues from experiment “${event.from_experiment || event.source || (options.from_experiment || "")}”.`);
+      const what = event.state === "strategy" ? "its final model and strategy state (e.g. the replay memory)"
+                                               : "its final model";
+      note(`Continues experiment “${event.from_experiment || options.from_experiment || ""}” from ${what}.`);
     },
   };
 
