@@ -29,10 +29,19 @@ from clserver.drift import detector_list
 
 ERRORS = {code: OpenApiResponse(description="{\"error\": \"...\", \"details\": {...}}")
           for code in (400, 401, 403, 404, 409, 413)}
+# A JSON body is parsed in memory: refuse larger ones before reading them.
+MAX_BODY_BYTES = 64 * 1024 * 1024
 
 
 def _body(request: Request) -> dict[str, Any]:
     """The JSON body as a dict; a too-large body is a 413 with one sentence."""
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    if length > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"The request body has {length} bytes; at most {MAX_BODY_BYTES} are allowed, "
+                              "so send fewer rows per request.")
     try:
         body = request.data
     except RequestDataTooBig:
@@ -108,7 +117,7 @@ class DeploymentUpdateApi(APIView):
                    request=UpdateRequestInputSerializer, responses={202: UpdateRefSerializer, **ERRORS})
     def post(self, request: Request, name: str) -> Response:
         deployment = deployments.deployment_get(owner=request.user, name=name)
-        update = deployments.deployment_update_request(deployment=deployment, raw=request.data or {})
+        update = deployments.deployment_update_request(deployment=deployment, raw=dict(_body(request)))
         return Response(deployments.update_as_dict(update), status=status.HTTP_202_ACCEPTED)
 
 

@@ -389,3 +389,13 @@ def test_every_n_samples_trigger_queues_one_update_at_a_time_and_cancel_returns_
     assert bad.status_code == 400 and bad.json()["error"] == "update.training.epochs must be at least 1."
     busy = api.post("/api/deployments/steady/update", {}, format="json")
     assert busy.status_code == 409 and busy.json()["error"].endswith("is already queued.")
+
+
+def test_a_body_over_the_size_limit_is_refused_before_it_is_read(api, deployed, tmp_path):
+    from clserver.deployment_api import MAX_BODY_BYTES
+
+    response = api.generic("POST", "/api/deployments/prod/ingest", "{}", content_type="application/json",
+                           CONTENT_LENGTH=str(MAX_BODY_BYTES + 1))
+    assert response.status_code == 413
+    assert response.json()["error"].startswith(f"The request body has {MAX_BODY_BYTES + 1} bytes")
+    nothing_stored(tmp_path)
