@@ -39,7 +39,7 @@ from clserver.deployment_models import (
     VersionOrigin,
 )
 from clserver.deployments import (
-    _update_event,
+    update_event_payload,
     challenger_version,
     data_path,
     deployment_dir,
@@ -67,7 +67,7 @@ class DeploymentUpdateJob(JobRunner):
         if status in (JobStatus.FAILED, JobStatus.CANCELLED):
             # The data was not learned: it goes back to the buffer for the next update.
             update_release_batches(update=update)
-        payload = _update_event(update)
+        payload = update_event_payload(update)
         if error:
             payload["error"] = error
         deployment_event_record(deployment=update.deployment, type="update", payload=payload)
@@ -77,7 +77,7 @@ def update_failed_by_reaper(row: Any, reason: str) -> None:
     update = DeploymentUpdate.objects.select_related("deployment__owner").get(pk=row.pk)
     update_release_batches(update=update)
     deployment_event_record(deployment=update.deployment, type="update",
-                            payload={**_update_event(update), "error": reason})
+                            payload={**update_event_payload(update), "error": reason})
 
 
 class ProgressPlugin(SupervisedPlugin):

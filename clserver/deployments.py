@@ -628,12 +628,12 @@ def _update_start(d: Deployment, *, trigger: str, options: dict[str, Any],
     batches.update(update=update)
     d.drift_pending = False
     d.save(update_fields=["drift_pending"])
-    deployment_event_record(deployment=d, type="update", payload=_update_event(update))
+    deployment_event_record(deployment=d, type="update", payload=update_event_payload(update))
     transaction.on_commit(lambda: deployment_update_enqueue(update.pk))
     return update
 
 
-def _update_event(update: DeploymentUpdate) -> dict[str, Any]:
+def update_event_payload(update: DeploymentUpdate) -> dict[str, Any]:
     return {"update": update.id, "status": update.outcome, "trigger": update.trigger,
             "n_samples": update.n_samples, "base_version": update.base_version,
             "candidate_version": update.candidate_version, "reason": update.reason or None}
@@ -666,7 +666,7 @@ def deployment_update_cancel(*, deployment: Deployment, update_id: int) -> Deplo
             update.finished_at = timezone.now()
             update.save(update_fields=["status", "finished_at"])
             update_release_batches(update=update)
-            deployment_event_record(deployment=deployment, type="update", payload=_update_event(update))
+            deployment_event_record(deployment=deployment, type="update", payload=update_event_payload(update))
         elif update.status == JobStatus.RUNNING:
             update.cancel_requested = True
             update.save(update_fields=["cancel_requested"])
