@@ -172,6 +172,10 @@ class UpdateRun:
 
     def run(self) -> None:
         update, deployment, opts = self.update, self.deployment, self.options
+        if update.candidate_version is not None:
+            # An earlier attempt stored its decision and then lost its worker: nothing is left to do.
+            logger.info("deployment %s update %s was decided by an earlier attempt", deployment.name, update.id)
+            return
         seed = self.training["seed"]
         RNGManager.set_random_seeds(seed)
         device = resolve_device(self.training["device"])
