@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from functools import lru_cache
 from typing import Any
@@ -32,8 +33,39 @@ def client() -> Any:
     return MlflowClient(tracking_uri=settings.MLFLOW_TRACKING_URI, registry_uri=settings.MLFLOW_TRACKING_URI)
 
 
+PING_TIMEOUT_S = 3.0
+
+
 def ping() -> None:
-    """Raise if the tracking store cannot be reached."""
+    """Raise if the tracking store cannot be reached.
+
+    Cheap on purpose (the health check calls it): a SQLite store is opened read-only and its
+    schema version read, a server is asked for /health; MLflow itself is not imported.
+    """
+    uri = settings.MLFLOW_TRACKING_URI
+    if uri.startswith("sqlite:///"):
+        import sqlite3
+
+        path = uri[len("sqlite:///"):]
+        if not os.path.exists(path):
+            store_init()  # a fresh data dir: MLflow creates the store on first use
+            return
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=PING_TIMEOUT_S)
+        try:
+            if conn.execute("SELECT version_num FROM alembic_version").fetchone() is None:
+                raise RuntimeError("the MLflow store has no schema version")
+        finally:
+            conn.close()
+    elif uri.startswith(("http://", "https://")):
+        import requests
+
+        requests.get(uri.rstrip("/") + "/health", timeout=PING_TIMEOUT_S).raise_for_status()
+    else:
+        client().search_experiments(max_results=1)
+
+
+def store_init() -> None:
+    """Create the MLflow store's tables (MLflow does it on first use; setup does it up front)."""
     client().search_experiments(max_results=1)
 
 

@@ -100,6 +100,7 @@ class LiveService:
 
     def start(self) -> "LiveService":
         self.manage("migrate", "--noinput", "-v", "0")
+        self.manage("claas_init")
         self.start_web()
         for _ in range(self.n_workers):
             self.start_worker()
