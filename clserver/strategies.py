@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 
+from claas_site.lazy import lazy_import
 from claas_site.params import Param, Registry
+
+# torch loads on first use, so the web process starts without it.
+torch = lazy_import("torch")
 
 STRATEGIES = Registry("strategy")
 OPTIMIZERS = Registry("optimizer")

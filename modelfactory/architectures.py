@@ -1,14 +1,14 @@
-"""The architecture zoo: name -> builder + parameter schema (torch only, no Avalanche)."""
+"""The architecture zoo: name -> builder + parameter schema (networks in modelfactory/zoo.py)."""
 from __future__ import annotations
 
 import math
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from claas_site.errors import InvalidInput
 from claas_site.params import Param, Registry
+
+if TYPE_CHECKING:
+    from torch import nn
 
 ARCHITECTURES = Registry("architecture")
 
@@ -24,36 +24,6 @@ def _common(input_shape: list[int], num_classes: int = 10) -> tuple[Param, ...]:
     )
 
 
-class ZooModel(nn.Module):
-    """A classifier split into `features` (up to the penultimate layer) and `classifier`.
-
-    Inputs are reshaped to the declared input shape, so a model accepts either flat feature
-    vectors or images with the same number of values.
-    """
-
-    def __init__(self, features: nn.Module, classifier: nn.Module, input_shape: list[int]) -> None:
-        super().__init__()
-        self.input_shape = tuple(input_shape)
-        self.features = features
-        self.classifier = classifier
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.reshape(x.shape[0], *self.input_shape)
-        return self.features(x).flatten(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.embed(x))
-
-
-def _mlp(input_shape: list[int], num_classes: int, hidden: list[int], drop_rate: float) -> ZooModel:
-    layers: list[nn.Module] = [nn.Flatten()]
-    width = math.prod(input_shape)
-    for size in hidden:
-        layers += [nn.Linear(width, size), nn.ReLU(inplace=True), nn.Dropout(p=drop_rate)]
-        width = size
-    return ZooModel(nn.Sequential(*layers), nn.Linear(width, num_classes), input_shape)
-
-
 @ARCHITECTURES.register(
     "simple_mlp",
     help="Fully connected network with equal hidden layers and dropout (Avalanche's SimpleMLP).",
@@ -65,7 +35,9 @@ def _mlp(input_shape: list[int], num_classes: int, hidden: list[int], drop_rate:
 )
 def simple_mlp(*, num_classes: int, input_shape: list[int], hidden_size: int, hidden_layers: int,
                drop_rate: float) -> nn.Module:
-    return _mlp(input_shape, num_classes, [hidden_size] * hidden_layers, drop_rate)
+    from modelfactory.zoo import mlp_net
+
+    return mlp_net(input_shape, num_classes, [hidden_size] * hidden_layers, drop_rate)
 
 
 @ARCHITECTURES.register(
@@ -77,14 +49,16 @@ def simple_mlp(*, num_classes: int, input_shape: list[int], hidden_size: int, hi
     ),
 )
 def mlp(*, num_classes: int, input_shape: list[int], hidden_layers: list[int], drop_rate: float) -> nn.Module:
-    return _mlp(input_shape, num_classes, hidden_layers, drop_rate)
+    from modelfactory.zoo import mlp_net
+
+    return mlp_net(input_shape, num_classes, hidden_layers, drop_rate)
 
 
-def _channels(input_shape: list[int], name: str) -> int:
+def _image_shape(input_shape: list[int], name: str) -> list[int]:
     if len(input_shape) != 3:
         raise InvalidInput(f"{name} needs input_shape [channels, height, width], got {input_shape}.",
                            details={"input_shape": input_shape})
-    return input_shape[0]
+    return input_shape
 
 
 @ARCHITECTURES.register(
@@ -95,14 +69,9 @@ def _channels(input_shape: list[int], name: str) -> int:
     ),
 )
 def simple_cnn(*, num_classes: int, input_shape: list[int], channels: int) -> nn.Module:
-    c_in = _channels(input_shape, "simple_cnn")
-    features = nn.Sequential(
-        nn.Conv2d(c_in, channels, 3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(channels, 2 * channels, 3, padding=1), nn.ReLU(inplace=True),
-        nn.MaxPool2d(2, ceil_mode=True),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-    )
-    return ZooModel(features, nn.Linear(2 * channels, num_classes), input_shape)
+    from modelfactory.zoo import cnn_net
+
+    return cnn_net(_image_shape(input_shape, "simple_cnn"), num_classes, channels)
 
 
 @ARCHITECTURES.register(
@@ -111,15 +80,9 @@ def simple_cnn(*, num_classes: int, input_shape: list[int], channels: int) -> nn
     params=_common([3, 32, 32]),
 )
 def resnet18(*, num_classes: int, input_shape: list[int]) -> nn.Module:
-    from torchvision.models import resnet18 as tv_resnet18
+    from modelfactory.zoo import resnet18_net
 
-    c_in = _channels(input_shape, "resnet18")
-    net = tv_resnet18(weights=None, num_classes=num_classes)
-    if c_in != 3:
-        net.conv1 = nn.Conv2d(c_in, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    classifier = net.fc
-    net.fc = nn.Identity()
-    return ZooModel(net, classifier, input_shape)
+    return resnet18_net(_image_shape(input_shape, "resnet18"), num_classes)
 
 
 @ARCHITECTURES.register(
@@ -128,17 +91,9 @@ def resnet18(*, num_classes: int, input_shape: list[int]) -> nn.Module:
     params=_common([3, 32, 32]),
 )
 def mobilenet_v3_small(*, num_classes: int, input_shape: list[int]) -> nn.Module:
-    from torchvision.models import mobilenet_v3_small as tv_mobilenet
+    from modelfactory.zoo import mobilenet_v3_small_net
 
-    c_in = _channels(input_shape, "mobilenet_v3_small")
-    net = tv_mobilenet(weights=None, num_classes=num_classes)
-    if c_in != 3:
-        first = net.features[0][0]
-        net.features[0][0] = nn.Conv2d(c_in, first.out_channels, kernel_size=3, stride=2,
-                                       padding=1, bias=False)
-    classifier = net.classifier
-    net.classifier = nn.Identity()
-    return ZooModel(net, classifier, input_shape)
+    return mobilenet_v3_small_net(_image_shape(input_shape, "mobilenet_v3_small"), num_classes)
 
 
 def architecture_params(*, architecture: Any, params: Any, where: str = "model") -> dict[str, Any]:
@@ -158,11 +113,11 @@ def architecture_build(*, architecture: str, params: dict[str, Any]) -> nn.Modul
 
 def architecture_smoke_test(*, model: nn.Module, params: dict[str, Any]) -> None:
     """Run one forward pass on a dummy batch; the output must have num_classes columns."""
-    model.eval()
-    with torch.no_grad():
-        out = model(torch.zeros(2, *params["input_shape"]))
-    if out.ndim != 2 or out.shape[1] != params["num_classes"]:
+    from modelfactory.zoo import smoke_output
+
+    shape = smoke_output(model, params["input_shape"])
+    if len(shape) != 2 or shape[1] != params["num_classes"]:
         raise InvalidInput(
-            f"The model's output has shape {tuple(out.shape)}, expected (batch, {params['num_classes']}).",
-            details={"output_shape": list(out.shape)},
+            f"The model's output has shape {shape}, expected (batch, {params['num_classes']}).",
+            details={"output_shape": list(shape)},
         )

@@ -6,13 +6,16 @@ from typing import Any, Callable
 
 from django.conf import settings
 from django.db.models import QuerySet
-import torch
-from torch import nn
 
 from claas_site.errors import InvalidInput, NotFound
+from claas_site.lazy import lazy_import
 from modelfactory.architectures import architecture_build
 from modelfactory.models import ModelVersion, RegisteredModel
 from modelfactory.weights import FORMAT_STATE_DICT, FORMAT_TORCHSCRIPT, torchscript_bytes
+
+# torch loads on first use, so the web process starts without it.
+torch = lazy_import("torch")
+nn = lazy_import("torch.nn")
 
 
 def registered_model_list(*, owner: Any) -> QuerySet[RegisteredModel]:

@@ -11,15 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.db.models.deletion import ProtectedError
-from torch import nn
 
 from claas_site.errors import Conflict, InvalidInput, PayloadTooLarge
+from claas_site.lazy import lazy_import
+from claas_site.quotas import quota_stored_bytes_check
 from modelfactory.architectures import ARCHITECTURES, architecture_build, architecture_params, architecture_smoke_test
 from modelfactory.models import ModelVersion, RegisteredModel
 from modelfactory.selectors import (
@@ -36,6 +36,10 @@ from modelfactory.weights import (
     weights_apply,
     weights_read,
 )
+
+# torch loads on first use, so the web process starts without it.
+torch = lazy_import("torch")
+nn = lazy_import("torch.nn")
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +119,7 @@ def _prepare(*, architecture: str, params: dict[str, Any], file: UploadedFile | 
 def _weights_write(*, owner: Any, model: nn.Module) -> tuple[str, str, int]:
     """Write the normalised state_dict under a fresh name; returns (relative path, sha256, size)."""
     data = state_dict_bytes(state_dict=state_dict_normalised(model=model))
+    quota_stored_bytes_check(owner=owner, adding=len(data))
     relative = MODELS_SUBDIR / str(owner.pk) / f"{uuid.uuid4().hex}.pt"
     path = settings.DATA_DIR / relative
     path.parent.mkdir(parents=True, exist_ok=True)

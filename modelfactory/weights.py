@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Mapping, Union
 
-import torch
-from torch import nn
-
 from claas_site.errors import InvalidInput, PayloadTooLarge
+from claas_site.lazy import lazy_import
+
+# torch loads on first use, so the web process starts without it.
+torch = lazy_import("torch")
+nn = lazy_import("torch.nn")
 
 Source = Union[str, Path, IO[bytes]]
 

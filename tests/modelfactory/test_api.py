@@ -242,7 +242,7 @@ def test_a_pickled_model_is_refused_and_never_unpickled(register, api, data_dir)
     response = register("mymodel", file=saved(whole))
     body = assert_refused_and_nothing_stored(response, 400, data_dir)
     assert body["error"].startswith("The file holds a pickled Python object, not a state_dict;")
-    assert body["details"]["global"] == "modelfactory.architectures.ZooModel"
+    assert body["details"]["global"] == "modelfactory.zoo.ZooModel"
     assert not RegisteredModel.objects.exists()
 
     register("mymodel")
