@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -20,6 +21,17 @@ def _env_bool(name: str, default: bool = False) -> bool:
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
     return int(value) if value not in (None, "") else default
+
+
+def _env_rate(name: str, default: str) -> str | None:
+    """A DRF throttle rate such as "120/min"; "off" or empty means no limit."""
+    value = os.environ.get(name, default).strip().lower()
+    if value in {"", "off", "none", "0"}:
+        return None
+    if not re.fullmatch(r"\d+/(s|sec|second|m|min|minute|h|hour|d|day)", value):
+        raise ValueError(f"{name} must look like 120/min (a count per s, min, hour or day) or be off; "
+                         f"it is {value!r}.")
+    return value
 
 
 def _env_list(name: str, default: str) -> list[str]:
@@ -176,7 +188,20 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "claas_site.errors.exception_handler",
     "DEFAULT_PAGINATION_CLASS": None,
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    # One throttle for the whole API: writes (POST, PUT, PATCH, DELETE) per user; reads are free.
+    # A rate is "<n>/<s|min|hour|day>"; "off" (or empty) lifts it (claas_site/throttling.py).
+    "DEFAULT_THROTTLE_CLASSES": ["claas_site.throttling.WriteRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "writes": _env_rate("CLAAS_THROTTLE_WRITES", "120/min"),
+        # predict changes nothing: it is serving traffic, limited apart from the other writes.
+        "predict": _env_rate("CLAAS_THROTTLE_PREDICT", "off"),
+    },
 }
+
+# --- per-user quotas (claas_site/quotas.py); 0 lifts a quota ---------------------------------
+QUOTA_CONCURRENT_EXPERIMENTS = _env_int("CLAAS_QUOTA_CONCURRENT_EXPERIMENTS", 4)
+QUOTA_STORED_BYTES = _env_int("CLAAS_QUOTA_STORED_BYTES", 5 * 1024**3)
+
 SPECTACULAR_SETTINGS = {
     "TITLE": "CLaaS API",
     "DESCRIPTION": "Continual-Learning-as-a-Service: register models, run continual-learning "
