@@ -10,6 +10,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from claas_site.errors import Conflict
+from claas_site.quotas import quota_concurrent_experiments_check, quota_stored_bytes_check
 from clserver.events import experiment_event_record
 from clserver.models import ACTIVE_STATUSES, Experiment, JobStatus
 from clserver.options import options_validate
@@ -67,6 +68,8 @@ def experiment_execute(*, owner: Any, name: str) -> Experiment:
         if experiment.source_id and experiment.source.status != JobStatus.COMPLETED:
             raise Conflict(f"Experiment '{name}' continues '{experiment.source.name}', which is "
                            f"{experiment.source.status}, not completed.")
+        quota_concurrent_experiments_check(owner=owner, starting=experiment)
+        quota_stored_bytes_check(owner=owner)
         fresh = experiment.status != JobStatus.READY
         experiment.status = JobStatus.QUEUED
         experiment.progress = 0.0
