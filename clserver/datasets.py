@@ -13,6 +13,7 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, transaction
 
 from claas_site.errors import Conflict, InvalidInput, PayloadTooLarge
+from claas_site.quotas import quota_stored_bytes_check
 from clserver.models import Dataset, Experiment
 from clserver.selectors import dataset_get
 
@@ -120,6 +121,7 @@ def dataset_create(*, owner: Any, name: str, file: UploadedFile, label_column: s
     else:
         x, y, fmt = *_parse_csv(raw, label_column), "csv"
     x, y = _check_arrays(x, y)
+    quota_stored_bytes_check(owner=owner, adding=x.nbytes + y.nbytes)
     rel = f"files/datasets/{owner.pk}/{uuid.uuid4().hex}.npz"
     path = settings.DATA_DIR / rel
     path.parent.mkdir(parents=True, exist_ok=True)
