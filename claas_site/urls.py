@@ -4,11 +4,13 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from claas_site.auth_api import TokenRotateApi
 from claas_site.health import healthz
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("base-scenario/", include("clserver.urls_base")),
+    path("api/auth/token/rotate", TokenRotateApi.as_view(), name="token-rotate"),
     path("api/", include("modelfactory.urls")),
     path("api/", include("clserver.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
