@@ -10,7 +10,10 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set u
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from claas_site.body_limit import daphne_install  # noqa: E402
 from claas_site.routing import websocket_urlpatterns  # noqa: E402
+
+daphne_install()  # oversized bodies get 413 before daphne reads them
 
 application = ProtocolTypeRouter(
     {
