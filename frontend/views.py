@@ -6,11 +6,13 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import get_object_or_404, render
 
 from claas_site.errors import NotFound
 from clserver import selectors
+from clserver.deployment_models import Deployment
 from clserver.options import TRAINING_PARAMS
+from modelfactory.models import RegisteredModel
 
 
 def _page(request: HttpRequest, template: str, nav: str, **context: Any) -> HttpResponse:
@@ -52,6 +54,8 @@ def models(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def model_detail(request: HttpRequest, name: str) -> HttpResponse:
+    # The page's data comes from the API; another user's model is a 404 here too, like a missing one.
+    get_object_or_404(RegisteredModel, owner=request.user, name=name)
     return _page(request, "model_detail.html", "models", model_name=name)
 
 
@@ -63,4 +67,5 @@ def deployments(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def deployment_detail(request: HttpRequest, name: str) -> HttpResponse:
+    get_object_or_404(Deployment, owner=request.user, name=name)
     return _page(request, "deployment_detail.html", "deployments", deployment_name=name)

@@ -7,7 +7,9 @@ import pytest
 from django.conf import settings
 from django.test import Client
 
+from clserver.deployment_models import Deployment
 from clserver.models import Experiment
+from modelfactory.models import RegisteredModel
 
 PAGES = ["/", "/setup/", "/compare/", "/models/", "/deployments/", "/models/some-model/",
          "/deployments/some-deployment/"]
@@ -41,8 +43,16 @@ def test_sign_in_through_the_form_then_sign_out(user):
     assert client.get("/").status_code == 302
 
 
+@pytest.fixture
+def owned(user) -> None:
+    """The model and deployment the detail pages in PAGES show (another user's would be a 404)."""
+    RegisteredModel.objects.create(owner=user, name="some-model", architecture="simple_mlp", params={})
+    Deployment.objects.create(owner=user, name="some-deployment", source={}, architecture="simple_mlp",
+                              model_params={}, detector={}, update_options={})
+
+
 @pytest.mark.parametrize("path", PAGES)
-def test_every_page_has_the_navigation_and_only_local_scripts(browser_client, path):
+def test_every_page_has_the_navigation_and_only_local_scripts(browser_client, owned, path):
     response = browser_client.get(path)
     assert response.status_code == 200
     html = response.content.decode()
