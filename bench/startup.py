@@ -1,0 +1,55 @@
+"""Benchmark 6: the web process's start-up (time to the first 200 from /healthz) and resident memory."""
+from __future__ import annotations
+
+import statistics
+
+from bench.harness import Context, rss_mb, web_start_timed
+from bench.report import Section, Table, Target
+
+TARGET_START_S = 10.0
+TARGET_RSS_MB = 500.0
+RESTARTS = 2  # beside the first start of the run
+
+
+def run(ctx: Context) -> Section:
+    live = ctx.service()
+    starts = [dict(ctx.service_start or {})]
+    for i in range(0 if ctx.quick else RESTARTS):
+        ctx.say(f"restarting the web process ({i + 2}/{RESTARTS + 1})")
+        live.stop_web()
+        starts.append(web_start_timed(live))
+    times = [s["to_healthy_s"] for s in starts]
+    start_rss = [s["rss_mb"] for s in starts]
+    live.user("bench")  # the token is kept in the database: the client of the run goes on working
+    ctx.client().get("/api/deployments/")  # one authenticated request after the last restart
+    rss_now = rss_mb(live.web.pid)
+    after_load = ctx.shared.get("web_rss_after_load_mb")
+    mlflow = ctx.shared.get("mlflow_start")
+
+    section = Section(6, "Start-up and memory of the web process")
+    section.setup = (
+        "daphne (`claas_site.asgi:application`, the command `./claas run` uses) spawned on a migrated data dir; "
+        "the time runs from the spawn to the first 200 answer of `/healthz` (polled every 20 ms; its checks "
+        "reach the database, the job queue and the MLflow store). Resident memory (RSS) of the web process "
+        f"right after it is healthy. {len(starts)} start(s): the first of the run, then restarts.")
+    rows = [[i + 1, s["to_healthy_s"], s["rss_mb"]] for i, s in enumerate(starts)]
+    section.tables.append(Table(["start", "to first /healthz 200 (s)", "RSS when healthy (MB)"], rows))
+    extra = [["web process after one authenticated API request", rss_now]]
+    if after_load is not None:
+        extra.append(["web process after the serving benchmark (model and detector loaded, load served)",
+                      after_load])
+    if mlflow:
+        extra.append(["for comparison: `mlflow models serve` when it first answered /ping "
+                      f"({mlflow['to_ping_s']:.1f} s after its start)", mlflow["rss_mb"]])
+    section.tables.append(Table(["resident memory", "MB"], extra))
+    worst_start = max(times)
+    worst_rss = max([*start_rss, rss_now, *([after_load] if after_load is not None else [])])
+    section.targets = [
+        Target("time to first /healthz 200 (median; worst)",
+               f"{statistics.median(times):.2f} s; {worst_start:.2f} s", f"< {TARGET_START_S:.0f} s",
+               worst_start < TARGET_START_S),
+        Target("web process RSS (largest seen in the run)", f"{worst_rss:.0f} MB", f"< {TARGET_RSS_MB:.0f} MB",
+               worst_rss < TARGET_RSS_MB),
+    ]
+    section.data = {"starts": starts, "rss_now_mb": rss_now, "rss_after_load_mb": after_load, "mlflow": mlflow}
+    return section
