@@ -9,11 +9,14 @@ from collections import OrderedDict
 from typing import Any, Callable, Hashable
 
 import numpy as np
-import torch
 from django.conf import settings
-from torch import nn
 
+from claas_site.lazy import lazy_import
 from modelfactory.architectures import architecture_build
+
+# torch loads on first use, so the web process starts without it.
+torch = lazy_import("torch")
+nn = lazy_import("torch.nn")
 
 MODEL_CACHE_SIZE = 8
 DETECTOR_CACHE_SIZE = 8

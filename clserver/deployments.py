@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-import torch
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F, QuerySet, Sum
 from django.utils import timezone
 
 from claas_site.errors import Conflict, InvalidInput, NotFound
+from claas_site.lazy import lazy_import
 from claas_site.params import Param
 from clserver import deployment_data as data
 from clserver import deployment_serving as serving
@@ -39,6 +39,9 @@ from clserver.events import event_as_message, group_publish
 from clserver.models import ACTIVE_STATUSES, Dataset, Experiment, JobStatus
 from clserver.options import TRAINING_PARAMS, validate_device, validate_name
 from clserver.strategies import OPTIMIZERS, STRATEGIES
+
+# torch loads on first use, so the web process starts without it.
+torch = lazy_import("torch")
 
 logger = logging.getLogger(__name__)
 

@@ -16,11 +16,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-import torch
-from torch import nn
 
 from claas_site.errors import InvalidInput
+from claas_site.lazy import lazy_import
 from claas_site.params import Param, Registry
+
+# torch loads on first use, so the web process starts without it.
+torch = lazy_import("torch")
+nn = lazy_import("torch.nn")
 
 # alibi-detect reports every saving and loading step at INFO; only its warnings matter here.
 logging.getLogger("alibi_detect").setLevel(logging.WARNING)
@@ -76,17 +79,6 @@ class CheckResult:
 
 
 # --- preprocessing (dimension reduction before the test) --------------------------------------
-class Reshape(nn.Module):
-    """Flat feature rows to the model's input shape (the penultimate-layer preprocess needs it)."""
-
-    def __init__(self, shape: list[int]) -> None:
-        super().__init__()
-        self.shape = tuple(shape)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(x.shape[0], *self.shape)
-
-
 @PREPROCESSORS.register(
     "random_projection",
     help="An untrained linear projection to `dim` features (a random, fixed encoder).",
@@ -111,6 +103,8 @@ def penultimate(*, n_features: int, model: nn.Module | None, input_shape: list[i
     if features is None:
         raise InvalidInput("detector.preprocess 'penultimate' needs a model from the architecture zoo.")
     import copy
+
+    from clserver.drift_modules import Reshape
 
     return nn.Sequential(Reshape(input_shape), copy.deepcopy(features), nn.Flatten()).eval()
 
@@ -183,17 +177,6 @@ def tabular(x_ref: np.ndarray, *, p_val: float, correction: str, categorical_fea
                         preprocess_fn=preprocess_fn)
 
 
-class DomainClassifier(nn.Module):
-    """A small classifier telling reference from test inputs (for the classifier detector)."""
-
-    def __init__(self, n_features: int, hidden: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(n_features, hidden), nn.ReLU(), nn.Linear(hidden, 2))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
 @DETECTORS.register(
     "classifier", help="Trains a small classifier to tell the batch from the reference; drift when it can "
     "(out-of-fold AUC-like test, p-value from a binomial test).",
@@ -207,6 +190,8 @@ class DomainClassifier(nn.Module):
 def classifier(x_ref: np.ndarray, *, p_val: float, epochs: int, hidden_size: int, train_size: float,
                preprocess_fn: Any, n_features: int, **_: Any) -> Any:
     from alibi_detect.cd import ClassifierDrift
+
+    from clserver.drift_modules import DomainClassifier
 
     return ClassifierDrift(x_ref, model=DomainClassifier(n_features, hidden_size), backend=BACKEND,
                            p_val=p_val, preds_type="logits", epochs=epochs, train_size=train_size,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import random
 import time
@@ -155,6 +156,14 @@ class ProgressPlugin(SupervisedPlugin):
         self.epoch += 1
         loss = self.loss_sum / max(self.loss_n, 1)
         self.run.epoch_end(epoch=self.epoch, loss=loss)
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"Training diverged in experience {self.run.current} at epoch {self.epoch}: the loss is not "
+                "finite; lower the learning rate or the strategy's regularisation strength.")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: the model is unusable and the run stops with the reason."""
 
 
 class ExperimentRun:

@@ -150,7 +150,9 @@ def lwf(model, optimizer, criterion, common, *, alpha: float, temperature: float
 
 @STRATEGIES.register(
     "mas", help="Memory Aware Synapses: importance from the sensitivity of the outputs.",
-    params=(Param("lambda_reg", "float", 1.0, "Strength of the penalty.", min=0.0),
+    # Avalanche's MAS importances are unnormalised, so its default strength (1.0) makes SGD at
+    # lr 0.1 diverge on the digits streams; 0.01 trades old against new accuracy instead.
+    params=(Param("lambda_reg", "float", 0.01, "Strength of the penalty.", min=0.0),
             Param("alpha", "float", 0.5, "Running-average weight of the importance.", min=0.0, max=1.0)),
     family="regularization",
 )

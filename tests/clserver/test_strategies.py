@@ -65,3 +65,11 @@ def test_ensemble_keeps_one_expert_per_experience(transactional_db, user):
     assert experts == {"0", "1"}
     # The most-confident expert keeps both halves of the classes alive, unlike naive fine-tuning.
     assert min(experiment.results["metrics"]["accuracy_matrix"][-1]) > 0.3
+
+
+def test_a_diverging_run_fails_with_the_reason(transactional_db, user):
+    # MAS at Avalanche's own default strength blows up under SGD at lr 0.1 in the second experience.
+    experiment = run_job(user, "diverges", {**SMALL, "strategy": {"name": "mas", "params": {"lambda_reg": 1.0}}})
+    assert experiment.status == "failed"
+    assert experiment.error.startswith("Training diverged in experience 1")
+    assert "lower the learning rate" in experiment.error
