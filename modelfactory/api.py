@@ -15,6 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from claas_site.errors import PayloadTooLarge
+from claas_site.serializers import RegistryEntrySerializer
 from modelfactory import selectors, services
 from modelfactory.architectures import ARCHITECTURES
 from modelfactory.serializers import (
@@ -47,7 +48,7 @@ def request_size_check(request: Request) -> None:
 
 class ArchitectureListApi(APIView):
     @extend_schema(summary="The architecture zoo with each architecture's parameters and defaults.",
-                   responses={200: OpenApiResponse(OpenApiTypes.OBJECT, description="[{name, help, params}]")})
+                   responses={200: RegistryEntrySerializer(many=True)})
     def get(self, request: Request) -> Response:
         return Response(ARCHITECTURES.describe())
 
