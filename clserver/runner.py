@@ -32,6 +32,7 @@ from clserver.events import experiment_event_record, json_safe
 from clserver.models import Experiment
 from clserver.streams import Stream
 from clserver.strategies import OPTIMIZERS, STRATEGIES
+from clserver.tensor_batches import TensorBatchesPlugin
 from modelfactory.architectures import architecture_build
 
 logger = logging.getLogger(__name__)
@@ -231,7 +232,9 @@ class ExperimentRun:
         progress_plugin = ProgressPlugin(self)
         common = {
             "train_mb_size": training["train_mb_size"], "train_epochs": training["epochs"],
-            "eval_mb_size": training["eval_mb_size"], "device": device, "plugins": [progress_plugin],
+            "eval_mb_size": training["eval_mb_size"], "device": device,
+            # Tensor batches come after any plugin that builds the loader (replay's); same batches, faster.
+            "plugins": [progress_plugin, TensorBatchesPlugin()],
             "evaluator": EvaluationPlugin(loggers=[]),
         }
         strategy = self.entry.builder(model, optimizer, nn.CrossEntropyLoss(), common,
