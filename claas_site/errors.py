@@ -114,3 +114,28 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         message = _first_message(detail)
     response.data = error_body(message, _details(detail) if isinstance(exc, exceptions.ValidationError) else {})
     return response
+
+
+# --- Django's handlers for what never reaches a DRF view (claas_site/urls.py) --------------------
+API_PREFIXES = ("/api/", "/base-scenario/")
+
+
+def not_found(request: Any, exception: Exception | None = None) -> Any:
+    """An unknown URL: JSON in the error format under the API's prefixes, Django's page elsewhere."""
+    from django.http import JsonResponse
+    from django.views import defaults
+
+    if request.path.startswith(API_PREFIXES):
+        return JsonResponse(error_body(f"There is no API endpoint at {request.path}; see /api/docs/."), status=404)
+    return defaults.page_not_found(request, exception)
+
+
+def server_error(request: Any) -> Any:
+    """An unhandled failure: logged with its trace by Django; the user gets one sentence, never the trace."""
+    from django.http import JsonResponse
+    from django.views import defaults
+
+    if request.path.startswith(API_PREFIXES):
+        return JsonResponse(error_body("The server failed to answer this request; the failure is logged."),
+                            status=500)
+    return defaults.server_error(request)

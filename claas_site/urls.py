@@ -7,6 +7,10 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from claas_site.auth_api import TokenRotateApi
 from claas_site.health import healthz
 
+# Unknown paths and unhandled failures under the API answer JSON in the error format.
+handler404 = "claas_site.errors.not_found"
+handler500 = "claas_site.errors.server_error"
+
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("base-scenario/", include("clserver.urls_base")),
