@@ -209,6 +209,8 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # The error format on every 4xx, and the answers (401, 413, 415, 429) any operation may give.
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "claas_site.openapi.error_responses"],
 }
 
 # --- jobs (Huey) -------------------------------------------------------------------------------
