@@ -8,21 +8,17 @@ probe here fails the suite until it is covered.
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import pytest
-import torch
 from asgiref.sync import async_to_sync
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.sessions.models import Session
 from django.core.cache import cache
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client, override_settings
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from rest_framework.authtoken.models import Token
@@ -30,10 +26,16 @@ from rest_framework.test import APIClient
 
 from clserver.deployment_models import Deployment, DeploymentUpdate
 from clserver.models import Dataset, Experiment, JobStatus
-from clserver.options import options_validate
-from clserver.services import experiment_dir
-from modelfactory.architectures import architecture_build
 from modelfactory.models import ModelVersion, RegisteredModel
+from tests.reliability.resources import (
+    INPUT,
+    dataset_upload,
+    deployment_create,
+    experiment_completed,
+    model_register,
+    token_client,
+    weights_file,
+)
 
 # Each test runs in a transaction that is rolled back; the module's world is committed before.
 pytestmark = pytest.mark.django_db
@@ -41,10 +43,6 @@ pytestmark = pytest.mark.django_db
 OWNER, OTHER = "annabel", "benedict"
 EXP, DATA, MODEL, DEP = "vault-exp", "vault-data", "vault-model", "vault-dep"
 MISSING = "no-such-thing"
-OPTIONS = {"exp_name": EXP, "model": {"architecture": "simple_mlp", "params": {"hidden_size": 16}},
-           "benchmark": {"name": "split_digits", "n_experiences": 2, "seed": 1},
-           "strategy": {"name": "naive"}, "training": {"epochs": 1, "device": "cpu"}}
-INPUT = [[0.5] * 64]
 
 
 @dataclass
@@ -60,29 +58,6 @@ class World:
     update_id: int
     files: Path
     snapshot: dict[str, Any] = field(default_factory=dict)
-
-
-def token_client(user: Any) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=user)[0].key}")
-    return client
-
-
-def weights_file(architecture: str = "simple_mlp", **params: Any) -> SimpleUploadedFile:
-    from modelfactory.architectures import architecture_params
-
-    model = architecture_build(architecture=architecture,
-                               params=architecture_params(architecture=architecture, params=params))
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    return SimpleUploadedFile("weights.pt", buffer.getvalue())
-
-
-def npz(n: int = 60) -> SimpleUploadedFile:
-    rng = np.random.RandomState(0)
-    buffer = io.BytesIO()
-    np.savez(buffer, x=rng.rand(n, 64).astype(np.float32), y=np.arange(n) % 10)
-    return SimpleUploadedFile("data.npz", buffer.getvalue())
 
 
 def snapshot(owner: Any) -> dict[str, Any]:
@@ -112,27 +87,12 @@ def world(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[Worl
         other = users.create_user(username=OTHER, password="benedict-password")
         owner_api, other_api = token_client(owner), token_client(other)
 
-        validated = options_validate(owner=owner, raw=OPTIONS)
-        experiment = Experiment.objects.create(owner=owner, name=EXP, options=validated.options,
-                                               status=JobStatus.COMPLETED)
-        final = experiment_dir(experiment) / "final_model.pt"
-        final.parent.mkdir(parents=True)
-        torch.save(architecture_build(architecture="simple_mlp", params=validated.options["model"]["params"])
-                   .state_dict(), final)
-        experiment.results = {"model": {"save_path": str(final)}}
-        experiment.save()
-
-        assert owner_api.post("/api/datasets/", {"name": DATA, "file": npz()}, format="multipart").status_code == 201
-        registered = owner_api.post("/api/models/", {"name": MODEL, "architecture": "simple_mlp",
-                                                     "params": {"hidden_size": 16}}, format="json")
-        assert registered.status_code == 201, registered.content
+        experiment_completed(owner=owner, name=EXP)
+        dataset_upload(owner_api, DATA)
+        model_register(owner_api, MODEL)
         # Benedict has a model of his own, to name Annabel's dataset as its reference.
-        assert other_api.post("/api/models/", {"name": "benedict-model", "architecture": "simple_mlp",
-                                               "params": {"hidden_size": 16}}, format="json").status_code == 201
-        deployed = owner_api.post("/api/deployments/", {
-            "name": DEP, "source": {"exp_name": EXP}, "detector": {"name": "ks"},
-            "update": {"trigger": "manual", "min_samples": 1}}, format="json")
-        assert deployed.status_code == 201, deployed.content
+        model_register(other_api, "benedict-model")
+        deployment_create(owner_api, DEP, EXP)
         deployment = Deployment.objects.get(owner=owner, name=DEP)
         assert owner_api.post(f"/api/deployments/{DEP}/ingest", {"inputs": INPUT * 20, "labels": [3] * 20},
                               format="json").status_code == 200
