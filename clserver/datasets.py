@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import uuid
 import zipfile
 from typing import Any
@@ -54,8 +55,40 @@ def _check_arrays(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return x, y
 
 
+NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _npz_unpacked_check(raw: bytes) -> None:
+    """Read only the headers of x and y and refuse what would unpack beyond the upload limit.
+
+    A compressed NPZ of a few megabytes can unpack to many gigabytes; numpy would allocate
+    them before any other check could run.
+    """
+    limit = settings.MAX_UPLOAD_BYTES
+    total = 0
+    with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+        names = set(archive.namelist())
+        for key in ("x", "y"):
+            member = f"{key}.npy" if f"{key}.npy" in names else key
+            if member not in names:
+                continue  # reported by the caller with the arrays that are there
+            with archive.open(member) as stream:
+                try:
+                    read_header = NPY_HEADER_READERS[np.lib.format.read_magic(stream)]
+                    shape, _, dtype = read_header(stream)
+                except (ValueError, KeyError, EOFError):
+                    raise InvalidInput(f"Array '{key}' of the NPZ file is not a plain numpy array.")
+            if dtype.hasobject:
+                raise InvalidInput("The NPZ file holds pickled objects, which are refused; store plain numeric arrays.")
+            total += math.prod(shape) * dtype.itemsize
+    if total > limit:
+        raise PayloadTooLarge(f"The NPZ arrays unpack to {total} bytes; the limit is {limit} bytes.",
+                              details={"unpacked_bytes": total, "limit_bytes": limit})
+
+
 def _parse_npz(raw: bytes) -> tuple[np.ndarray, np.ndarray]:
     try:
+        _npz_unpacked_check(raw)
         with np.load(io.BytesIO(raw), allow_pickle=False) as data:
             missing = [k for k in ("x", "y") if k not in data.files]
             if missing:
