@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.body:
         with open(args.body, "rb") as f:
             body = f.read()
-    return asyncio.run(load("POST" if args.body else "GET", args.url, body, headers, args.clients, args.seconds, args.warmup))
+    method = "POST" if args.body else "GET"
+    return asyncio.run(load(method, args.url, body, headers, args.clients, args.seconds, args.warmup))
 
 
 if __name__ == "__main__":
