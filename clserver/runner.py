@@ -314,6 +314,7 @@ class ExperimentRun:
         strategy.plugins = [p for p in plugins if p is not progress_plugin]
         try:
             checkpoint_save(strategy, self.checkpoint)
+            self.event("checkpoint", {"experience": self.current})
         except Exception as exc:
             # Losing the ability to resume is better than losing the run itself.
             logger.exception("checkpoint of experiment %s failed", self.experiment.pk)

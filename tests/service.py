@@ -71,7 +71,7 @@ class LiveService:
             **os.environ,
             "CLAAS_DATA_DIR": str(data_dir),
             "CLAAS_JOB_HEARTBEAT_S": "1",
-            "CLAAS_JOB_STALE_AFTER_S": "5",
+            "CLAAS_JOB_STALE_AFTER_S": "10",
             "CLAAS_JOB_REAPER_INTERVAL_S": "1",
             "MLFLOW_DISABLE_TELEMETRY": "true",
             "PYTHONUNBUFFERED": "1",

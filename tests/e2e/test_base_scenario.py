@@ -142,18 +142,19 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(service, carol):
             "training": {**QUALITY["training"], "epochs": 60}}
     assert carol.post("/base-scenario/setup/", body).status_code == 201
     assert carol.post("/base-scenario/carol/exec/crash").status_code == 202
-    deadline = time.time() + 180
+    deadline = time.time() + 600
     while time.time() < deadline:
         events = carol.get("/api/experiments/crash/events").json()
-        if any(e["type"] == "experience_end" and e["experience"] == 1 for e in events):
+        if any(e["type"] == "checkpoint" and e["experience"] == 1 for e in events):
             break
         time.sleep(0.05)
     service.kill_worker()
+    # The last experience whose checkpoint was on disk when the worker died.
     done_before = max(e["experience"] for e in carol.get("/api/experiments/crash/events").json()
-                      if e["type"] == "experience_end")
+                      if e["type"] == "checkpoint")
     assert 1 <= done_before < 4
     service.start_worker()
-    final = carol.wait_status("crash", timeout=240)
+    final = carol.wait_status("crash", timeout=600)
     assert final["status"] == "completed" and final["attempts"] == 2
     events = carol.get("/api/experiments/crash/events").json()
     resumed = [e for e in events if e["type"] == "resumed"]

@@ -102,6 +102,7 @@ class GroupTap(AsyncJsonWebsocketConsumer):
         await self.send_json(message["event"])
 
 
+@pytest.mark.django_db(transaction=True)
 async def test_worker_events_reach_a_websocket_in_another_process_through_redis(scaled, dana, settings):
     settings.CHANNEL_LAYERS = {"default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
