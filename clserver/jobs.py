@@ -72,9 +72,12 @@ class JobRunner:
 
     # --- lifecycle ---------------------------------------------------------------------------
     def claim(self) -> bool:
+        # The label may import torch (seconds on a busy machine): the heartbeat's time is taken after it,
+        # or the claim would start already stale and a reaper could re-queue the job at once.
+        label = worker_label()
         now = timezone.now()
         claimed = self.model.objects.filter(pk=self.job_id, status=JobStatus.QUEUED).update(
-            status=JobStatus.RUNNING, run_token=self.token, worker=worker_label(), heartbeat_at=now,
+            status=JobStatus.RUNNING, run_token=self.token, worker=label, heartbeat_at=now,
             started_at=now, attempts=F("attempts") + 1,
         )
         if claimed:
