@@ -26,13 +26,18 @@ DATASET = "synthetic-cifar"
 
 
 def synthetic_cifar(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """CIFAR-shaped (3x32x32, 10 classes) images: a smooth random pattern per class plus noise."""
+    """CIFAR-shaped (3x32x32, 10 classes) images: per class a colour and a stripe orientation and
+    frequency, under noise; learnable by a small CNN with global pooling."""
     rng = np.random.RandomState(seed)
-    coarse = rng.rand(10, 3, 8, 8).astype(np.float32)
-    means = coarse.repeat(4, axis=2).repeat(4, axis=3)  # 32x32 blocks: low-frequency class patterns
+    colours = rng.rand(10, 3, 1, 1).astype(np.float32)
+    angles = rng.rand(10) * np.pi
+    freqs = 2 + rng.rand(10) * 4
+    rows, cols = np.mgrid[0:32, 0:32] / 32.0
+    stripes = np.stack([np.sin(2 * np.pi * f * (cols * np.cos(a) + rows * np.sin(a))) for a, f in zip(angles, freqs)])
+    means = 0.5 * colours + 0.25 * (1 + stripes[:, None, :, :]) * colours
     y = np.arange(n) % 10
     rng.shuffle(y)
-    x = 0.6 * means[y] + 0.4 * rng.rand(n, 3, 32, 32).astype(np.float32)
+    x = 0.7 * means[y] + 0.3 * rng.rand(n, 3, 32, 32).astype(np.float32)
     return x.astype(np.float16), y.astype(np.int64)  # float16 halves the upload; CLaaS stores float32
 
 
