@@ -43,13 +43,16 @@ def run(ctx: Context) -> Section:
                       f"({mlflow['to_ping_s']:.1f} s after its start)", mlflow["rss_mb"]])
     section.tables.append(Table(["resident memory", "MB"], extra))
     worst_start = max(times)
-    worst_rss = max([*start_rss, rss_now, *([after_load] if after_load is not None else [])])
     section.targets = [
         Target("time to first /healthz 200 (median; worst)",
                f"{statistics.median(times):.2f} s; {worst_start:.2f} s", f"< {TARGET_START_S:.0f} s",
                worst_start < TARGET_START_S),
-        Target("web process RSS (largest seen in the run)", f"{worst_rss:.0f} MB", f"< {TARGET_RSS_MB:.0f} MB",
-               worst_rss < TARGET_RSS_MB),
+        Target("web process RSS when healthy (largest of the starts)", f"{max(start_rss):.0f} MB",
+               f"< {TARGET_RSS_MB:.0f} MB", max(start_rss) < TARGET_RSS_MB),
     ]
+    if after_load is not None:
+        section.targets.append(Target("web process RSS after serving (torch model and drift detector loaded)",
+                                      f"{after_load:.0f} MB", f"< {TARGET_RSS_MB:.0f} MB",
+                                      after_load < TARGET_RSS_MB))
     section.data = {"starts": starts, "rss_now_mb": rss_now, "rss_after_load_mb": after_load, "mlflow": mlflow}
     return section
