@@ -13,8 +13,7 @@ from bench.report import Section, Table, Target
 N_REFERENCE = 1000
 N_BATCH = 1000
 TARGETS_MS = {"ks": 50.0, "mmd": 1000.0}
-BUDGET_S = 8.0  # repetitions of one detector stop after this much time (at least MIN_REPEATS)
-MIN_REPEATS = 3
+BUDGET_S = 8.0  # repetitions of one detector stop after this much time (at least one check)
 MAX_REPEATS = 15
 
 
@@ -40,14 +39,15 @@ def time_detector(name: str, ref: np.ndarray, batch: np.ndarray, quick: bool) ->
     times, result = [], None
     budget = 2.0 if quick else BUDGET_S
     began = time.perf_counter()
-    while len(times) < (1 if quick else MIN_REPEATS) or (time.perf_counter() - began < budget
-                                                         and len(times) < MAX_REPEATS):
+    # Checks go on while the budget lasts (at least one): a check of seconds is timed fewer times.
+    while not times or (time.perf_counter() - began < budget and len(times) < MAX_REPEATS):
         t0 = time.perf_counter()
         result = drift.detector_check(detector=detector, options=options, x=batch)
         times.append((time.perf_counter() - t0) * 1000)
     return {"name": name, "kind": drift.detector_kind(options), "fit_s": fit_s, "median_ms": median(times),
             "min_ms": min(times), "max_ms": max(times), "repeats": len(times), "is_drift": result.is_drift,
-            "options": {k: v for k, v in options.items() if k not in ("name", "preprocess")}}
+            # n_reference is how many samples a deployment keeps; here the reference is given.
+            "options": {k: v for k, v in options.items() if k not in ("name", "preprocess", "n_reference")}}
 
 
 def run(ctx: Context) -> Section:
@@ -67,7 +67,8 @@ def run(ctx: Context) -> Section:
         f"Each detector of the registry (`clserver.drift`, alibi-detect with `backend=\"pytorch\"` on the CPU, "
         f"default parameters) fitted on {N_REFERENCE} reference samples of sklearn's digits (64 features), then "
         f"`detector_check` on a batch of {N_BATCH} other digits, brightened by 10 % (a mild drift); the median "
-        f"of up to {MAX_REPEATS} checks after one untimed warm-up check. Online detectors test the batch sample "
+        f"of up to {MAX_REPEATS} checks within {BUDGET_S:.0f} s (at least one) after one untimed warm-up check. "
+        "Online detectors test the batch sample "
         "by sample, as `ingest` does, so their figure is for 1,000 sequential updates.")
     rows = [[r["name"], r["kind"], r["median_ms"], r["min_ms"], r["max_ms"], r["repeats"], r["fit_s"],
              r["is_drift"], ", ".join(f"{k}={v}" for k, v in r["options"].items())] for r in results]
@@ -79,5 +80,13 @@ def run(ctx: Context) -> Section:
             value = by_name[name]["median_ms"]
             section.targets.append(Target(f"`{name}` check, median", f"{value:.1f} ms", f"< {goal:.0f} ms",
                                           value < goal))
+    section.notes.append(
+        "Where the time goes (alibi-detect 0.13): `ks` runs one scipy `ks_2samp` per feature (64 calls, "
+        "exact p-values at this size); `mmd` re-indexes the 2,000 x 2,000 kernel matrix once per permutation "
+        "(`mmd2_from_kernel_matrix`, 100 times). Both are per-call Python and memory traffic rather than "
+        "arithmetic: a vectorised KS over all features, and the permutations taken as one matrix product of "
+        "the kernel matrix with the permutations' group masks, are the known ways down.")
+    section.notes.append("The web process runs these checks in `ingest` with torch's default threads, beside the "
+                         "worker's training: on a small machine both compete for the same cores.")
     section.data = {"results": results}
     return section

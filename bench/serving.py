@@ -212,6 +212,11 @@ def run(ctx: Context) -> Section:
                                  "MLflow p50 ms", "CLaaS p99 ms", "MLflow p99 ms", "errors (CLaaS / MLflow)"],
                                 rows))
     section.notes.append(f"`mlflow models serve` answered /ping {mlflow.start_s:.1f} s after it was started.")
+    section.notes.append(
+        "Per request, CLaaS runs Django's middleware stack and DRF on a thread of the ASGI handler, looks up "
+        "the token, the deployment and its champion version in the database, validates the inputs and answers "
+        "the class with the version that made it; MLflow's scoring server is one FastAPI route around "
+        "`pyfunc.predict`, without authentication or a database.")
     section.data = {"results": [{"clients": c, "claas": a, "mlflow": b} for c, a, b in results],
                     "agreement": [agree, total]}
     return section

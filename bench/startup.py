@@ -54,5 +54,9 @@ def run(ctx: Context) -> Section:
         section.targets.append(Target("web process RSS after serving (torch model and drift detector loaded)",
                                       f"{after_load:.0f} MB", f"< {TARGET_RSS_MB:.0f} MB",
                                       after_load < TARGET_RSS_MB))
+    section.notes.append(
+        "The web process imports neither torch, Avalanche nor alibi-detect at start-up; the first `predict` "
+        "imports torch and the first drift check alibi-detect (with its own imports), and their shared "
+        "libraries count in RSS from then on (this torch build carries its CUDA libraries).")
     section.data = {"starts": starts, "rss_now_mb": rss_now, "rss_after_load_mb": after_load, "mlflow": mlflow}
     return section
