@@ -166,7 +166,11 @@ def markdown(figures: dict[str, Any], command: str, started: datetime, load: tup
         lines.append(f"| {name} | {row['requests']} | {row['rps']:.1f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | "
                      f"{row['max_ms']:.1f} |")
     lines += ["", f"**Errors: {figures['errors']}** (any answer other than 200, or none)."
-              + (f" First: {figures['first_errors']}" if figures["errors"] else ""), END]
+              + (f" First: {figures['first_errors']}" if figures["errors"] else ""), "",
+              "Reading: one web process serves every request; its threads share the Python interpreter lock, "
+              "and the machine's cores are shared with the training worker and the load generator. Closed-loop "
+              "clients therefore queue: p50 is close to clients ÷ throughput. More web processes raise the "
+              "throughput; the figure to watch here is the error count.", END]
     return "\n".join(lines) + "\n"
 
 
