@@ -176,6 +176,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 MAX_DATASET_ROWS = _env_int("CLAAS_MAX_DATASET_ROWS", 1_000_000)
 MAX_DATASET_COLUMNS = _env_int("CLAAS_MAX_DATASET_COLUMNS", 4096)
+# Largest model a user may describe (registered or trained); 0 lifts the limit. 200M float32 = 800 MB.
+MAX_MODEL_PARAMETERS = _env_int("CLAAS_MAX_MODEL_PARAMETERS", 200_000_000)
 
 # --- REST API ----------------------------------------------------------------------------------
 REST_FRAMEWORK = {
