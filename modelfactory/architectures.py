@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
+
 from claas_site.errors import InvalidInput
 from claas_site.params import Param, Registry
 
@@ -103,7 +105,22 @@ def architecture_params(*, architecture: Any, params: Any, where: str = "model")
     if math.prod(full["input_shape"]) > MAX_INPUT_NUMEL:
         raise InvalidInput(f"{where}.params.input_shape is too large (at most {MAX_INPUT_NUMEL} values).",
                            details={"input_shape": full["input_shape"]})
+    # Wide layers multiply: refuse a model too big to build before any process tries to.
+    limit = settings.MAX_MODEL_PARAMETERS
+    count = architecture_parameter_count(architecture=entry.name, params=full) if limit else 0
+    if count > limit:
+        raise InvalidInput(f"{where}.params describe a model of {count:,} parameters; at most {limit:,} are allowed.",
+                           details={"parameters": count, "limit": limit})
     return full
+
+
+def architecture_parameter_count(*, architecture: str, params: dict[str, Any]) -> int:
+    """The model's parameter count, from a build on torch's meta device (shapes only, no memory)."""
+    import torch
+
+    with torch.device("meta"):
+        model = architecture_build(architecture=architecture, params=params)
+    return sum(p.numel() for p in model.parameters())
 
 
 def architecture_build(*, architecture: str, params: dict[str, Any]) -> nn.Module:
