@@ -159,3 +159,21 @@ def test_a_user_over_the_quota_cannot_start_training(api, user, settings):
     assert refused.status_code == 429 and refused.json()["error"].startswith("Your files take ")
     settings.QUOTA_STORED_BYTES = 0  # 0 lifts the quota
     assert api.post("/base-scenario/alice/exec/e").status_code == 202
+
+
+# --- model size --------------------------------------------------------------------------------
+@pytest.mark.parametrize("path, body", [
+    ("/api/models/", {"name": "wide", "architecture": "simple_mlp",
+                      "params": {"hidden_size": 2048, "hidden_layers": 2}}),
+    ("/base-scenario/setup/", {**SETUP, "exp_name": "wide",
+                               "model": {"architecture": "simple_mlp", "params": {"hidden_size": 2048,
+                                                                                  "hidden_layers": 2}}}),
+])
+def test_a_model_over_the_parameter_limit_is_refused_before_it_is_built(api, user, settings, path, body):
+    settings.MAX_MODEL_PARAMETERS = 1_000_000
+    refused = api.post(path, body, format="json")
+    assert refused.status_code == 400
+    # 64*2048+2048 + 2048*2048+2048 + 2048*10+10 parameters
+    assert refused.json()["error"] == ("model.params describe a model of 4,349,962 parameters; at most 1,000,000 "
+                                       "are allowed.")
+    assert not RegisteredModel.objects.exists() and not Experiment.objects.exists()
