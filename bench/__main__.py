@@ -33,12 +33,15 @@ def parse(argv: list[str]) -> argparse.Namespace:
         prog="python -m bench",
         description="CLaaS benchmarks. A full run (all benchmarks, not --quick) rewrites bench/BENCHMARKS.md; "
                     f"--quick or --only write {PARTIAL.relative_to(ROOT)} instead (or --out).")
-    parser.add_argument("--only", default="", help="comma-separated benchmark numbers, e.g. 2 or 4,5 "
-                        + "; ".join(f"{n}: {t}" for n, (t, _) in BENCHMARKS.items()))
+    parser.add_argument("--only", default="", help="comma-separated benchmark numbers, e.g. 2 or 4,5 ("
+                        + "; ".join(f"{n}: {t}" for n, (t, _) in BENCHMARKS.items()) + ")")
     parser.add_argument("--quick", action="store_true", help="a short smoke version (small sizes, short loads)")
     parser.add_argument("--out", default="", help="where to write the Markdown report")
     parser.add_argument("--json", default="", help="also write every figure as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (data dirs, logs)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch intra-op threads in every process of the run, the service's included "
+                             "(OMP_NUM_THREADS); default: torch's own choice")
     return parser.parse_args(argv)
 
 
@@ -54,6 +57,9 @@ def selected(only: str) -> list[int]:
 
 def main(argv: list[str]) -> int:
     args = parse(argv)
+    if args.threads:
+        # Before torch is imported anywhere: this process, the service and the scripts all inherit it.
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
     numbers = selected(args.only)
     full = not args.quick and numbers == list(BENCHMARKS)
     out = Path(args.out) if args.out else (RECORD if full else PARTIAL)

@@ -132,7 +132,9 @@ def document(*, sections: list[Section], info: dict[str, Any], command: str, sta
         f"- **Machine:** {info['cpu']}, {info['cores']} cores, "
         f"{f'{mem:.1f} GiB' if mem else 'unknown'} memory, {info['os']}",
         f"- **Software:** Python {info['python']}, torch {info['torch']} "
-        f"({info['torch_threads']} intra-op threads by default)"
+        f"({info['torch_threads']} intra-op thread{'' if info['torch_threads'] == 1 else 's'}"
+        + (", set by OMP_NUM_THREADS for every process of the run)" if os.environ.get("OMP_NUM_THREADS")
+           else " by default)")
         + (f", GPU {info['cuda']}" if info.get("cuda") else ", no GPU"),
     ]
     if info.get("load_average_start") is not None:
