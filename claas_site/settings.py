@@ -220,6 +220,21 @@ REDIS_URL = os.environ.get("CLAAS_REDIS_URL", "")
 # Worker threads per `run_huey` process; an idle worker polls at most every max_delay seconds.
 _CONSUMER = {"workers": _env_int("CLAAS_WORKER_THREADS", 1), "worker_type": "thread",
              "initial_delay": 0.1, "max_delay": 1.0, "backoff": 1.15}
+# A websocket's channel waits on Redis with a blocking pop of a few seconds (channels_redis);
+# redis-py 8 reads with a 5 s socket timeout by default, which would cut every idle websocket
+# after 5 s, so the read timeout is set above the blocking time (a dead server is still noticed).
+CHANNEL_LAYER_READ_TIMEOUT_S = 30.0
+
+
+def redis_channel_layer(url: str, prefix: str) -> dict:
+    """The channel layer on Redis at `url` (websocket events from the workers, across processes)."""
+    return {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [{"address": url, "socket_timeout": CHANNEL_LAYER_READ_TIMEOUT_S}],
+                   "prefix": prefix},
+    }
+
+
 # Queues (clserver/queues.py): `train` (training, model updates: GPU workers) and `default`
 # (drift checks, light jobs). HUEY is the `default` queue; HUEY_QUEUES holds the others.
 # Embedded: one SQLite queue and one worker serve both, so HUEY_QUEUES is empty.
@@ -236,12 +251,7 @@ if REDIS_URL:
         "consumer": _CONSUMER,
     }
     HUEY_QUEUES = {"train": {**HUEY, "name": f"{_HUEY_NAME}.train"}}
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": _HUEY_NAME},
-        }
-    }
+    CHANNEL_LAYERS = {"default": redis_channel_layer(REDIS_URL, _HUEY_NAME)}
 else:
     HUEY = {
         "huey_class": "huey.SqliteHuey",

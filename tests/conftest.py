@@ -7,7 +7,21 @@ import pytest
 from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
-from tests.service import LiveService
+from tests.service import NOT_INHERITED, LiveService
+
+
+@pytest.fixture(autouse=True)
+def _store_variables_stay_put() -> Iterator[None]:
+    """Undo what a test leaves in os.environ that picks a store (mlflow.set_tracking_uri exports one)."""
+    import os
+
+    before = {k: os.environ.get(k) for k in NOT_INHERITED}
+    yield
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

@@ -61,6 +61,17 @@ class Client:
         raise AssertionError(f"{exp_name} did not reach {statuses} in {timeout} s (last: {body})")
 
 
+# Variables that pick a store or a server: a live service gets them only from its `env`, never
+# from this process (mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI to os.environ, so an
+# in-process test would otherwise point every later service at its own MLflow store).
+NOT_INHERITED = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "DATABASE_URL", "CLAAS_REDIS_URL",
+                 "CLAAS_DATA_DIR")
+
+
+def inherited_environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
+
+
 class LiveService:
     def __init__(self, data_dir: Path, env: dict[str, str] | None = None, workers: int = 1,
                  worker_args: tuple[str, ...] = ("run_huey",)) -> None:
@@ -68,7 +79,7 @@ class LiveService:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.env = {
-            **os.environ,
+            **inherited_environment(),
             "CLAAS_DATA_DIR": str(data_dir),
             "CLAAS_JOB_HEARTBEAT_S": "1",
             "CLAAS_JOB_STALE_AFTER_S": "10",

@@ -13,6 +13,7 @@ import torch
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.testing import WebsocketCommunicator
 
+from claas_site.settings import redis_channel_layer
 from clserver.events import experiment_group
 from tests.scaled.conftest import Scaled
 from tests.service import ROOT
@@ -104,10 +105,7 @@ class GroupTap(AsyncJsonWebsocketConsumer):
 
 @pytest.mark.django_db(transaction=True)
 async def test_worker_events_reach_a_websocket_in_another_process_through_redis(scaled, dana, settings):
-    settings.CHANNEL_LAYERS = {"default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [scaled.redis_url], "prefix": scaled.huey_name},
-    }}
+    settings.CHANNEL_LAYERS = {"default": redis_channel_layer(scaled.redis_url, scaled.huey_name)}
     await asyncio.to_thread(create, dana, "live", {"name": "naive"},
                             training={**OPTIONS["training"], "epochs": 2})
     row = await asyncio.to_thread(scaled.row, username="dana", exp_name="live")
@@ -117,6 +115,8 @@ async def test_worker_events_reach_a_websocket_in_another_process_through_redis(
     connected, _ = await communicator.connect()
     assert connected
     try:
+        # Idle for longer than redis-py's default 5 s read timeout: the websocket must stay up.
+        await asyncio.sleep(7)
         await asyncio.to_thread(execute, dana, "live")
         received = []
         while not received or received[-1] != {"type": "status", "status": "completed"}:
