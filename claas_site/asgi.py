@@ -1,4 +1,4 @@
-"""ASGI entry point: HTTP through Django, websockets through Channels."""
+"""ASGI entry point: HTTP through Django (token `predict` calls by a fast path), websockets through Channels."""
 import os
 
 from django.core.asgi import get_asgi_application
@@ -12,12 +12,13 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 from claas_site.body_limit import daphne_install  # noqa: E402
 from claas_site.routing import websocket_urlpatterns  # noqa: E402
+from clserver.predict_fast import PredictFastPath  # noqa: E402
 
 daphne_install()  # oversized bodies get 413 before daphne reads them
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": PredictFastPath(django_asgi_app),
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
         ),

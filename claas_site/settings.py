@@ -200,6 +200,11 @@ REST_FRAMEWORK = {
     },
 }
 
+# Token `predict` calls are answered by an ASGI layer in front of Django (clserver/predict_fast.py);
+# with a predict rate limit set, every call goes through DRF, where the throttle is.
+PREDICT_FAST_PATH = (_env_bool("CLAAS_PREDICT_FAST_PATH", True)
+                     and REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["predict"] is None)
+
 # --- per-user quotas (claas_site/quotas.py); 0 lifts a quota ---------------------------------
 QUOTA_CONCURRENT_EXPERIMENTS = _env_int("CLAAS_QUOTA_CONCURRENT_EXPERIMENTS", 4)
 QUOTA_STORED_BYTES = _env_int("CLAAS_QUOTA_STORED_BYTES", 5 * 1024**3)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from clserver.streams import load_digits_arrays, rotate_images, stratified_split
+from tests.service import Client
 
 SOURCE = {"exp_name": "deploy-source", "model": {"architecture": "simple_mlp", "params": {"hidden_size": 128}},
           "benchmark": {"name": "split_digits", "n_experiences": 5, "seed": 1},
@@ -220,3 +221,49 @@ def test_rollback_switches_what_predict_answers_with_and_the_mlflow_alias_follow
     assert mlflow_alias(service, "dora.deploy.digits", "champion", versions[2]) == versions[2]
     events = [e["type"] for e in dora.get("/api/deployments/digits/events").json()]
     assert events.count("rollback") == 2 and "validated" in events and "update_progress" in events
+
+
+def test_predict_answers_alike_on_the_fast_path_and_through_django(service, dora, main):
+    """Token calls take the fast path; a request with cookies goes through Django: same answer, same headers."""
+    fresh_x = main["fresh"][0][:20]
+    fast = dora.post("/api/deployments/digits/predict", {"inputs": fresh_x.tolist()})
+    django = dora.post("/api/deployments/digits/predict", {"inputs": fresh_x.tolist()},
+                       headers={"Cookie": "theme=dark"})
+    assert fast.status_code == django.status_code == 200
+    assert fast.json() == django.json() and len(fast.json()["predictions"]) == 20
+    for header in ("Content-Type", "Vary", "Allow", "X-Frame-Options", "X-Content-Type-Options",
+                   "Referrer-Policy", "Cross-Origin-Opener-Policy"):
+        assert fast.headers.get(header) == django.headers.get(header), header
+
+
+def test_predict_mistakes_on_the_fast_path_still_get_the_api_error_format(service, dora, main):
+    rows = main["fresh"][0][:3]
+    too_narrow = dora.post("/api/deployments/digits/predict", {"inputs": rows[:, :10].tolist()})
+    assert too_narrow.status_code == 400
+    assert too_narrow.json()["error"] == ("Each row of inputs must have 64 features (the model's input size); "
+                                          "these rows have 10.")
+    unknown = dora.post("/api/deployments/nowhere/predict", {"inputs": rows.tolist()})
+    assert unknown.status_code == 404 and unknown.json()["error"] == "You have no deployment named 'nowhere'."
+    extra = dora.post("/api/deployments/digits/predict", {"inputs": rows.tolist(), "labels": [1, 2, 3]})
+    assert extra.status_code == 400 and "predict takes only inputs" in extra.json()["error"]
+    not_json = dora.post("/api/deployments/digits/predict", data=b"{inputs", headers={"Content-Type": "application/json"})
+    assert not_json.status_code == 400 and "error" in not_json.json()
+    # Another user's deployment is not there for them; a wrong token is not let in.
+    eve = service.user("eve-fast")
+    assert eve.post("/api/deployments/digits/predict", {"inputs": rows.tolist()}).status_code == 404
+    stranger = Client(service.base_url, "0" * 40)
+    refused = stranger.post("/api/deployments/digits/predict", {"inputs": rows.tolist()})
+    assert refused.status_code == 401 and refused.json()["error"]
+
+
+def test_a_rotated_token_no_longer_predicts(service, dora, main):
+    rows = main["fresh"][0][:2].tolist()
+    old_token = dora.session.headers["Authorization"].split()[1]
+    assert dora.post("/api/deployments/digits/predict", {"inputs": rows}).status_code == 200
+    rotated_token = dora.post("/api/auth/token/rotate")
+    assert rotated_token.status_code == 201
+    new_token = rotated_token.json()["token"]
+    dora.session.headers["Authorization"] = f"Token {new_token}"
+    assert dora.post("/api/deployments/digits/predict", {"inputs": rows}).status_code == 200
+    stale = Client(service.base_url, old_token).post("/api/deployments/digits/predict", {"inputs": rows})
+    assert stale.status_code == 401 and stale.json()["error"]
