@@ -213,10 +213,13 @@ def run(ctx: Context) -> Section:
                                 rows))
     section.notes.append(f"`mlflow models serve` answered /ping {mlflow.start_s:.1f} s after it was started.")
     section.notes.append(
-        "Per request, CLaaS runs Django's middleware stack and DRF on a thread of the ASGI handler, looks up "
-        "the token, the deployment and its champion version in the database, validates the inputs and answers "
-        "the class with the version that made it; MLflow's scoring server is one FastAPI route around "
-        "`pyfunc.predict`, without authentication or a database.")
+        "Per request, CLaaS checks the token and finds the caller's deployment and its champion version in "
+        "the database (one query, so a rotated token or a rollback takes effect on the next request), validates "
+        "the inputs as the API does and answers the class with the version that made it. Token calls to "
+        "`predict` are served by an ASGI layer in front of Django (`clserver/predict_fast.py`) on a pool of 4 "
+        "threads; any other request, and any call that is not a plain success, goes through Django and DRF. "
+        "MLflow's scoring server is one FastAPI route around `pyfunc.predict`, without authentication or a "
+        "database.")
     section.data = {"results": [{"clients": c, "claas": a, "mlflow": b} for c, a, b in results],
                     "agreement": [agree, total]}
     return section
