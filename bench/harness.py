@@ -127,6 +127,13 @@ def rss_mb(pid: int) -> float:
     return total / 1024 / 1024
 
 
+def uss_mb(pid: int) -> float:
+    """Memory private to a process (USS): what it would give back on exit; shared library pages excluded."""
+    import psutil
+
+    return psutil.Process(pid).memory_full_info().uss / 1024 / 1024
+
+
 def run_json(module: str, args: list[str], *, timeout: float, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run `python -m <module> <args>` in a fresh process; its last stdout line is a JSON object."""
     out = subprocess.run([PYTHON, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,

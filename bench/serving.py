@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import requests
 
-from bench.harness import PYTHON, ROOT, Context, rss_mb, run_json
+from bench.harness import PYTHON, ROOT, Context, rss_mb, run_json, uss_mb
 from bench.report import Section, Table, Target
 
 DEPLOYMENT = "serve"
@@ -182,6 +182,7 @@ def run(ctx: Context) -> Section:
                     f"MLflow {theirs['throughput_rps']:.0f} req/s p99 {theirs['p99_ms']:.1f} ms")
         ctx.shared["mlflow_rss_after_load_mb"] = mlflow.rss_mb()
         ctx.shared["web_rss_after_load_mb"] = rss_mb(ctx.service().web.pid)
+        ctx.shared["web_uss_after_load_mb"] = uss_mb(ctx.service().web.pid)
     finally:
         mlflow.stop()
 
