@@ -20,6 +20,7 @@ import numpy as np
 from claas_site.errors import InvalidInput
 from claas_site.lazy import lazy_import
 from claas_site.params import Param, Registry
+from clserver.drift_fast import accelerate
 
 # torch loads on first use, so the web process starts without it.
 torch = lazy_import("torch")
@@ -335,7 +336,7 @@ def detector_fit(*, options: dict[str, Any], x_ref: np.ndarray, model: nn.Module
         n_features = int(preprocess_fn(x_ref[:2]).reshape(2, -1).shape[1])
     with seeded(FIT_SEED), _quiet():
         try:
-            return entry.builder(x_ref, preprocess_fn=preprocess_fn, n_features=n_features, **params)
+            return accelerate(entry.builder(x_ref, preprocess_fn=preprocess_fn, n_features=n_features, **params))
         except InvalidInput:
             raise
         except (ValueError, RuntimeError) as exc:
@@ -355,7 +356,7 @@ def detector_load(path: Path) -> Any:
     from alibi_detect.saving import load_detector
 
     with seeded(FIT_SEED), _quiet():
-        return load_detector(str(path))
+        return accelerate(load_detector(str(path)))
 
 
 def detector_state_save(detector: Any, path: Path) -> None:
