@@ -4,8 +4,10 @@ Avalanche's loaders collate every minibatch from per-sample `dataset[i]` calls; 
 that costs more than the forward and backward passes. When every dataset behind an experience's
 loader is transform-free, `TensorBatchesPlugin` gathers each dataset once into tensors and serves
 the same minibatches from them: the loader's own samplers pick the indices and the random draws
-happen in the same order, so training gives the same model, faster. Anything else (transforms,
-worker processes, datasets too large to hold twice) keeps Avalanche's loader.
+happen in the same order, so training gives the same model, faster. Strategies that draw a memory
+minibatch beside each training minibatch from a loader of their own (DER, ER-ACE: `replay_loader`)
+get the same treatment for that loader. Anything else (transforms, worker processes, datasets too
+large to hold twice) keeps Avalanche's loader.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 from avalanche.benchmarks.utils.data_loader import MultiDatasetDataLoader
+from avalanche.training.utils import cycle
 from avalanche.core import SupervisedPlugin
 from torch.utils.data import DataLoader
 
@@ -123,24 +126,46 @@ def tensor_loader(loader: Any, device: torch.device | None = None) -> TensorBatc
     return TensorBatchLoader(loader, tensors)
 
 
+def memory_loader(strategy: Any, device: torch.device | None = None) -> Iterator[Any] | None:
+    """A tensor-indexing stand-in for the endless memory loader that DER and ER-ACE build in their
+    `_before_training_exp` (`cycle(DataLoader(buffer, batch_size_mem, shuffle, drop_last))`), or None."""
+    buffer = getattr(getattr(strategy, "storage_policy", None), "buffer", None)
+    batch_size = getattr(strategy, "batch_size_mem", None)
+    if buffer is None or not batch_size or len(buffer) < batch_size:
+        return None
+    fast = tensor_loader(DataLoader(buffer, batch_size=batch_size, shuffle=True, drop_last=True), device)
+    return cycle(fast) if fast is not None else None
+
+
 class TensorBatchesPlugin(SupervisedPlugin):
     """Swap each experience's training loader for its tensor-indexing stand-in (list it after any plugin
-    that builds the loader, such as Avalanche's ReplayPlugin)."""
+    that builds the loader, such as Avalanche's ReplayPlugin), and a strategy's own memory loader too."""
 
     def __init__(self) -> None:
         super().__init__()
         self._original: Any = None
+        self._original_memory: Any = None
         self.used = 0  # experiences trained from gathered tensors (for tests and diagnostics)
+        self.memory_used = 0  # experiences whose memory minibatches came from gathered tensors
 
     def before_training_exp(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
-        self._original = None
+        self._original = self._original_memory = None
         fast = tensor_loader(strategy.dataloader, torch.device(strategy.device))
         if fast is not None:
             self._original, strategy.dataloader = strategy.dataloader, fast
             self.used += 1
+        # The strategy has just built its memory loader (not iterated yet, so no random draw is lost).
+        if getattr(strategy, "replay_loader", None) is not None and not kwargs.get("num_workers", 0):
+            memory = memory_loader(strategy, torch.device(strategy.device))
+            if memory is not None:
+                self._original_memory, strategy.replay_loader = strategy.replay_loader, memory
+                self.memory_used += 1
 
     def after_training_exp(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
         # The gathered copy must not outlive the experience (nor land in a checkpoint).
         if self._original is not None:
             strategy.dataloader, self._original = self._original, None
-
+        if self._original_memory is not None:
+            if getattr(strategy, "replay_loader", None) is not None:  # DER drops its own before this hook
+                strategy.replay_loader = self._original_memory
+            self._original_memory = None

@@ -1,6 +1,8 @@
 """Minibatches from gathered tensors train exactly the model Avalanche's own loaders train."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -38,9 +40,9 @@ def _datasets(stream, transform=None):
     return out
 
 
-def train(stream, name: str, fast: bool, transform=None, epochs: int = 2) -> tuple[list[torch.Tensor], int]:
-    """Train a small model on the stream with a registry strategy; its final weights and how often
-    the tensor batches were used."""
+def train(stream, name: str, fast: bool, transform=None, epochs: int = 2) -> tuple[list[torch.Tensor], Any]:
+    """Train a small model on the stream with a registry strategy; its final weights and the plugin
+    (which counts how often the tensor batches were used)."""
     entry = STRATEGIES.get(name, "strategy")
     RNGManager.set_random_seeds(0)
     params = architecture_params(architecture="simple_mlp", params={"num_classes": 10, "input_shape": [64],
@@ -57,15 +59,25 @@ def train(stream, name: str, fast: bool, transform=None, epochs: int = 2) -> tup
     RNGManager.set_random_seeds(0)
     for experience in scenario.train_stream:
         strategy.train(experience, eval_streams=[])
-    return [p.detach().clone() for p in strategy.model.state_dict().values()], plugin.used
+    return [p.detach().clone() for p in strategy.model.state_dict().values()], plugin
 
 
 @pytest.mark.parametrize("name", _strategy_names())
 def test_every_strategy_trains_the_same_model_from_tensor_batches(stream, name):
     slow, _ = train(stream, name, fast=False)
-    fast, used = train(stream, name, fast=True)
-    assert used == 2
+    fast, plugin = train(stream, name, fast=True)
+    assert plugin.used == 2
     assert len(slow) == len(fast) and all(torch.equal(a, b) for a, b in zip(slow, fast))
+
+
+@pytest.mark.parametrize("name", ["der", "er_ace"])
+def test_memory_minibatches_of_der_and_er_ace_come_from_tensors_and_train_the_same(stream, name):
+    """These strategies draw a memory minibatch from a loader of their own at every step; from the
+    second experience on it is served from gathered tensors too, with the same batches."""
+    slow, _ = train(stream, name, fast=False)
+    fast, plugin = train(stream, name, fast=True)
+    assert plugin.memory_used == 1  # the first experience has no memory yet
+    assert all(torch.equal(a, b) for a, b in zip(slow, fast))
 
 
 def test_replay_batches_hold_the_memory_and_new_data_like_avalanche(stream):
@@ -90,8 +102,8 @@ def test_datasets_with_a_transform_keep_avalanches_loader_and_train_the_same(str
     double = transforms.Lambda(lambda x: x * 2)
     assert transform_free(_datasets(stream)[0]) and not transform_free(_datasets(stream, double)[0])
     slow, _ = train(stream, "naive", fast=False, transform=double)
-    fast, used = train(stream, "naive", fast=True, transform=double)
-    assert used == 0
+    fast, plugin = train(stream, "naive", fast=True, transform=double)
+    assert plugin.used == 0
     assert all(torch.equal(a, b) for a, b in zip(slow, fast))
 
 
