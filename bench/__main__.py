@@ -1,4 +1,5 @@
-"""`python -m bench`: run the benchmarks side by side and write bench/BENCHMARKS.md."""
+"""`python -m bench`: run the benchmarks side by side and write bench/BENCHMARKS.md (a full run ends
+with the load run of `bench/load.py`, which adds its own section)."""
 from __future__ import annotations
 
 import argparse
@@ -102,6 +103,13 @@ def main(argv: list[str]) -> int:
                            elapsed_s=elapsed, quick=args.quick)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
+    if full:
+        # The reliability load run (50 clients, 30 s) records its own section after the others.
+        ctx.say("load: 50 clients for 30 s against status, results and predict while a job trains")
+        from bench import load
+
+        load.main([])
+        elapsed = time.perf_counter() - t0
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": info, "sections": [
             {"number": s.number, "title": s.title, "error": s.error, "elapsed_s": s.elapsed_s,
