@@ -162,6 +162,13 @@ def document(*, sections: list[Section], info: dict[str, Any], command: str, sta
         if section.notes:
             out.append("")
         out.append(f"_Benchmark time: {section.elapsed_s:.0f} s._")
+    if not info.get("cuda"):
+        out += ["", "## Benchmark 2 on a GPU", "",
+                "Not run here: this machine has no GPU. On a machine with CUDA, "
+                "`.venv/bin/python -m bench.gpu_overhead` runs benchmark 2 with `simple_cnn` on a CIFAR-shaped "
+                "synthetic stream and `device: cuda` (service, plain Avalanche script and raw PyTorch side by "
+                "side) and prints its table with the card's name; `--device cpu --quick` runs the same script "
+                "small on a CPU."]
     out.append("")
     return "\n".join(out)
 
