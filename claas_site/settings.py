@@ -244,6 +244,9 @@ def redis_channel_layer(url: str, prefix: str) -> dict:
 # (drift checks, light jobs). HUEY is the `default` queue; HUEY_QUEUES holds the others.
 # Embedded: one SQLite queue and one worker serve both, so HUEY_QUEUES is empty.
 HUEY_QUEUES: dict[str, dict] = {}
+# Workers run at a lower CPU priority (a nice value) than the web process: on a shared machine
+# serving answers first and training takes what is left. 0 keeps the priority the worker started with.
+WORKER_NICE = _env_int("CLAAS_WORKER_NICE", 10)
 # What this worker trains on: "auto" (CUDA when torch sees it), "cpu" or "cuda".
 WORKER_DEVICE = os.environ.get("CLAAS_WORKER_DEVICE", "auto").strip().lower() or "auto"
 if REDIS_URL:

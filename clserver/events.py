@@ -6,7 +6,8 @@ import math
 from typing import Any
 
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
+from channels.layers import InMemoryChannelLayer, get_channel_layer
+from django.db import transaction
 
 from clserver.models import Experiment, ExperimentEvent
 
@@ -27,6 +28,8 @@ def group_publish(group: str, message: dict[str, Any]) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
+    if isinstance(layer, InMemoryChannelLayer) and not layer.groups.get(group):
+        return  # nobody in this process listens (a worker's events reach the web process through the DB)
     try:
         async_to_sync(layer.group_send)(group, {"type": "push.event", "event": message})
     except Exception:  # the event is stored already; a live push is best effort
@@ -46,6 +49,7 @@ def json_safe(value: Any) -> Any:
 
 def experiment_event_record(*, experiment: Experiment, type: str, payload: dict[str, Any]) -> ExperimentEvent:
     event = ExperimentEvent.objects.create(experiment=experiment, type=type, payload=json_safe(payload))
-    group_publish(experiment_group(owner_id=experiment.owner_id, name=experiment.name),
-                  event_as_message(event))
+    group = experiment_group(owner_id=experiment.owner_id, name=experiment.name)
+    # Published once stored for good: a listener that reads the history never misses what it was told.
+    transaction.on_commit(lambda: group_publish(group, event_as_message(event)))
     return event

@@ -24,6 +24,7 @@ from avalanche.core import SupervisedPlugin
 from avalanche.training.determinism.rng_manager import RNGManager
 from avalanche.training.plugins import EvaluationPlugin
 from django.conf import settings
+from django.db import transaction
 from torch import nn
 
 from clserver import metrics, tracking
@@ -186,6 +187,7 @@ class ExperimentRun:
         self.epochs = self.training["epochs"]
         self.run_id = ""
         self.tracking_errors: list[str] = []
+        self.epoch_losses: list[tuple[int, float]] = []  # (step, loss) not yet in MLflow
 
     # --- events --------------------------------------------------------------------------
     def event(self, type: str, payload: dict[str, Any]) -> None:
@@ -194,15 +196,22 @@ class ExperimentRun:
     def epoch_end(self, *, epoch: int, loss: float) -> None:
         progress = (self.current + epoch / self.epochs) / self.n_units
         elapsed = time.perf_counter() - self.started
-        self.job.update(epoch=epoch, experience=self.current, progress=progress)
-        self.event("epoch_end", {
-            "experience": self.current, "n_experiences": self.n_units, "epoch": epoch, "epochs": self.epochs,
-            "loss": loss, "progress": progress, "elapsed_s": elapsed,
-            "eta_s": elapsed / max(progress, 1e-9) * (1 - progress) if progress > 0 else None,
-        })
-        if self.run_id:
-            self._track(tracking.run_metrics, run_id=self.run_id, metrics={"train_loss": loss},
-                        step=self.current * self.epochs + epoch)
+        # Inside the timed training: one transaction for the row and the event; the loss goes to MLflow
+        # with the experience's other metrics, after its training (one call instead of one per epoch).
+        with transaction.atomic():
+            self.job.update(epoch=epoch, experience=self.current, progress=progress)
+            self.event("epoch_end", {
+                "experience": self.current, "n_experiences": self.n_units, "epoch": epoch, "epochs": self.epochs,
+                "loss": loss, "progress": progress, "elapsed_s": elapsed,
+                "eta_s": elapsed / max(progress, 1e-9) * (1 - progress) if progress > 0 else None,
+            })
+        self.epoch_losses.append((self.current * self.epochs + epoch, loss))
+
+    def flush_epoch_losses(self) -> None:
+        """Log the buffered per-epoch training losses to the MLflow run (`train_loss`, step = epoch count)."""
+        losses, self.epoch_losses = self.epoch_losses, []
+        if self.run_id and losses:
+            self._track(tracking.run_metric_history, run_id=self.run_id, key="train_loss", values=losses)
 
     def _track(self, fn, **kwargs) -> Any:
         """MLflow is a record, not the work: a tracking failure is reported and training goes on."""
@@ -261,8 +270,11 @@ class ExperimentRun:
             self.job.check_cancel()
             self.job.update(experience=i, epoch=0)
             t0 = time.perf_counter()
-            strategy.train(scenario.train_stream if self.offline else scenario.train_stream[i])
-            train_time = time.perf_counter() - t0
+            try:
+                strategy.train(scenario.train_stream if self.offline else scenario.train_stream[i])
+            finally:
+                train_time = time.perf_counter() - t0
+                self.flush_epoch_losses()  # a failed or cancelled experience keeps its curve too
             t1 = time.perf_counter()
             row = evaluate(strategy.model, stream, device, training["eval_mb_size"])
             eval_time = time.perf_counter() - t1

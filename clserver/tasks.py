@@ -6,6 +6,7 @@ quick ones (drift checks, housekeeping) for the `default` queue (clserver/queues
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Any, Callable
@@ -77,6 +78,28 @@ def _reaper_loop() -> None:
         except Exception:
             logger.exception("the stale-job reaper failed; trying again")
         time.sleep(settings.JOB_REAPER_INTERVAL_S)
+
+
+@on_worker_startup
+def lower_worker_priority() -> None:
+    """Give the CPU to serving first: every thread of this worker process gets nice WORKER_NICE.
+
+    On Linux a nice value belongs to a thread and new threads inherit their creator's, so the
+    threads that exist now are all set (torch's compute threads start later, from these).
+    """
+    wanted = settings.WORKER_NICE
+    if wanted <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        threads = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        threads = [0]
+    for tid in threads:
+        try:
+            if os.getpriority(os.PRIO_PROCESS, tid) < wanted:
+                os.setpriority(os.PRIO_PROCESS, tid, wanted)
+        except OSError:  # the thread ended meanwhile, or the platform refuses: run as is
+            pass
 
 
 @on_worker_startup

@@ -121,6 +121,18 @@ def run_metrics(*, run_id: str, metrics: dict[str, float], step: int) -> None:
     client().log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
 
+def run_metric_history(*, run_id: str, key: str, values: list[tuple[int, float]]) -> None:
+    """Several steps of one metric in one call (MLflow takes at most 1000 metrics per batch)."""
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(key, float(v), now, int(step)) for step, v in values]
+    for start in range(0, len(metrics), 1000):
+        client().log_batch(run_id, metrics=metrics[start:start + 1000])
+
+
 def run_end(*, run_id: str, status: str) -> None:
     client().set_terminated(run_id, status=status)
 

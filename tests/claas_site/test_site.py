@@ -5,6 +5,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,21 @@ def test_bootstrap_demo_prints_a_working_login_and_token(service):
                          data={"username": "demo", "password": password, "csrfmiddlewaretoken": csrf},
                          headers={"Referer": service.base_url + "/accounts/login/"}, allow_redirects=False)
     assert page.status_code == 200 and login.status_code == 302
+
+
+def _nice_values(pid: int) -> list[int]:
+    values = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        stat = (task / "stat").read_text()
+        values.append(int(stat.rsplit(")", 1)[1].split()[16]))  # field 19: nice
+    return values
+
+
+def test_workers_run_below_the_web_process_priority(service):
+    """Serving answers first on a shared machine: every worker thread has nice 10, the web process less."""
+    worker = service.workers[0]
+    deadline = time.time() + 60
+    while time.time() < deadline and min(_nice_values(worker.pid)) < 10:
+        time.sleep(0.5)
+    assert min(_nice_values(worker.pid)) >= 10
+    assert max(_nice_values(service.web.pid)) < min(_nice_values(worker.pid))

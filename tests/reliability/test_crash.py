@@ -83,6 +83,9 @@ def test_a_worker_killed_mid_experience_hands_the_experiment_over_without_duplic
 
     steps = [m.step for m in mlflow_client(live).get_metric_history(run.info.run_id, "stream_accuracy")]
     assert sorted(steps) == [0, 1, 2, 3, 4]
+    # The loss curve: every epoch once (the killed attempt's unfinished experience is not in it).
+    losses = [m.step for m in mlflow_client(live).get_metric_history(run.info.run_id, "train_loss")]
+    assert sorted(losses) == list(range(1, 5 * 25 + 1))
 
 
 def test_a_job_that_keeps_losing_its_worker_fails_with_the_reason(two_workers, kim):
