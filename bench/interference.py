@@ -95,7 +95,8 @@ def run(ctx: Context) -> Section:
         f"(`POST /api/deployments/{DEPLOYMENT}/update`, replay over the buffered data and a memory of 500, "
         f"{UPDATE_EPOCHS} epochs so that it outlasts the measurement; the measurement starts after its first "
         f"epoch and the update is cancelled afterwards). Web process and worker share the machine's "
-        f"{__import__('os').cpu_count()} cores, as in the embedded mode.")
+        f"{__import__('os').cpu_count()} cores, as in the embedded mode; the worker runs at nice 10 "
+        "(`CLAAS_WORKER_NICE`, its default), so serving gets the CPU first.")
     rows = []
     for clients in CLIENTS:
         a, b = idle[clients], busy[clients]
