@@ -22,6 +22,7 @@ DEPLOYMENT = "serve"
 SOURCE = "serve-source"
 CONCURRENCY = (1, 8, 32)
 SECONDS = 10.0
+ROUNDS = 3  # per concurrency and side, taking turns going first; medians reported
 WARMUP_S = 1.0
 QUICK_SECONDS = 2.0
 START_TIMEOUT_S = 180
@@ -143,6 +144,19 @@ def load(ctx: Context, url: str, body: dict[str, Any], headers: list[str], clien
     return run_json("bench.loadgen", args, timeout=seconds + warmup + 120)
 
 
+def median_of_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per figure, the median over the rounds (errors are summed)."""
+    import statistics
+
+    out = dict(rounds[0])
+    for key in ("throughput_rps", "p50_ms", "p90_ms", "p99_ms"):
+        out[key] = statistics.median(r[key] for r in rounds)
+    out["errors"] = sum(r["errors"] for r in rounds)
+    out["requests"] = sum(r["requests"] for r in rounds)
+    out["rounds"] = len(rounds)
+    return out
+
+
 def claas_target(ctx: Context) -> tuple[str, list[str]]:
     client = ctx.client()
     return (f"{client.base_url}/api/deployments/{DEPLOYMENT}/predict",
@@ -172,11 +186,18 @@ def run(ctx: Context) -> Section:
         body = {"inputs": sample_rows(1).tolist()}
         url, headers = claas_target(ctx)
         results: list[tuple[int, dict[str, Any], dict[str, Any]]] = []
+        rounds = 1 if ctx.quick else ROUNDS
         for clients in CONCURRENCY:
-            ctx.say(f"{clients} client(s): CLaaS predict for {seconds:.0f} s")
-            ours = load(ctx, url, body, headers, clients, seconds, warmup)
-            ctx.say(f"{clients} client(s): mlflow models serve for {seconds:.0f} s")
-            theirs = load(ctx, mlflow.url + "/invocations", body, [], clients, seconds, warmup)
+            ours_rounds, theirs_rounds = [], []
+            for r in range(rounds):
+                ctx.say(f"{clients} client(s), round {r + 1}/{rounds}: CLaaS and mlflow models serve, "
+                        f"{seconds:.0f} s each")
+                claas = lambda: ours_rounds.append(load(ctx, url, body, headers, clients, seconds, warmup))  # noqa: E731
+                theirs = lambda: theirs_rounds.append(  # noqa: E731
+                    load(ctx, mlflow.url + "/invocations", body, [], clients, seconds, warmup))
+                for measure in ((claas, theirs) if r % 2 == 0 else (theirs, claas)):
+                    measure()
+            ours, theirs = median_of_rounds(ours_rounds), median_of_rounds(theirs_rounds)
             results.append((clients, ours, theirs))
             ctx.say(f"{clients} client(s): CLaaS {ours['throughput_rps']:.0f} req/s p99 {ours['p99_ms']:.1f} ms; "
                     f"MLflow {theirs['throughput_rps']:.0f} req/s p99 {theirs['p99_ms']:.1f} ms")
@@ -196,7 +217,8 @@ def run(ctx: Context) -> Section:
         f"predicts one row of 64 features (`{{\"inputs\": [[...]]}}` on both). The load generator "
         f"(`bench/loadgen.py`, aiohttp, closed loop: every client sends its next request when the answer "
         f"arrives) runs in its own process on loopback, {seconds:.0f} s per measurement after {warmup:.0f} s "
-        f"of warm-up; CLaaS and MLflow alternate at each concurrency. Both servers gave the same class for "
+        f"of warm-up; at each concurrency CLaaS and MLflow are measured in {1 if ctx.quick else ROUNDS} "
+        f"round(s), taking turns going first, and each figure is the median over the rounds. Both servers gave the same class for "
         f"{agree} of {total} test rows (MLflow answers logits; CLaaS answers the class).")
     rows = []
     for clients, ours, theirs in results:
