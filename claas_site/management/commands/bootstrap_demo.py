@@ -27,6 +27,8 @@ class Command(BaseCommand):
         user.set_password(password)
         user.save()
         token, _ = Token.objects.get_or_create(user=user)
+        # Where `./claas run` listens (CLAAS_HOST, CLAAS_PORT).
+        base_url = f"http://{os.environ.get('CLAAS_HOST', '127.0.0.1')}:{os.environ.get('CLAAS_PORT', '8000')}"
         self.stdout.write(
             "\n".join([
                 "",
@@ -35,7 +37,7 @@ class Command(BaseCommand):
                 f"    password: {password}",
                 f"    token:    {token.key}",
                 "",
-                f"    try:  curl -H 'Authorization: Token {token.key}' http://127.0.0.1:8000/api/strategies/",
+                f"    try:  curl -H 'Authorization: Token {token.key}' {base_url}/api/strategies/",
                 "",
             ])
         )
