@@ -108,7 +108,15 @@ def _parse_csv(raw: bytes, label_column: str) -> tuple[np.ndarray, np.ndarray]:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise InvalidInput("The CSV file is not UTF-8 text.")
-    reader = csv.reader(io.StringIO(text))
+    try:
+        return _parse_csv_text(text, label_column)
+    except csv.Error as exc:  # e.g. a field over the csv module's size limit
+        raise InvalidInput(f"The CSV file could not be read: {exc}.")
+
+
+def _parse_csv_text(text: str, label_column: str) -> tuple[np.ndarray, np.ndarray]:
+    # newline="": a lone carriage return ends a line, as in files from old Mac tools.
+    reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader, None)
     if not header:
         raise InvalidInput("The CSV file is empty; it needs a header row.")

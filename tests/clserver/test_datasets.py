@@ -64,6 +64,7 @@ def test_upload_csv_with_a_label_column(api, user):
     (b"a,b\n1,2\n3,4\n", "a.csv", {}, "no column 'label'"),
     (b"a,b,label\n1,2,0\n3,4,0.5\n", "a.csv", {}, "integer class labels"),
     (b"", "a.csv", {}, "empty"),
+    (b"a,label\n" + b"1" * 200_000 + b",0\n", "a.csv", {}, "could not be read: field larger than field limit"),
 ])
 def test_bad_files_are_refused_and_nothing_is_stored(api, user, settings, content, filename, extra, words):
     stored = settings.DATA_DIR / "files" / "datasets"
@@ -73,6 +74,12 @@ def test_bad_files_are_refused_and_nothing_is_stored(api, user, settings, conten
     assert words in response.json()["error"]
     assert Dataset.objects.count() == 0
     assert (set(stored.rglob("*")) if stored.exists() else set()) == before
+
+
+def test_csv_lines_may_end_in_a_lone_carriage_return(api, user):
+    response = upload(api, "old-mac", b"f1,f2,label\r0.1,0.2,0\r0.3,0.4,1\r0.5,0.6,1\r", "mac.csv")
+    assert response.status_code == 201, response.content
+    assert response.json()["n_samples"] == 3 and response.json()["n_features"] == 2
 
 
 def test_duplicate_name_is_a_conflict(api, user):
