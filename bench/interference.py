@@ -1,6 +1,7 @@
 """Benchmark 5: `predict` latency while the worker trains an update of the same deployment, against idle."""
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -95,8 +96,12 @@ def run(ctx: Context) -> Section:
         f"(`POST /api/deployments/{DEPLOYMENT}/update`, replay over the buffered data and a memory of 500, "
         f"{UPDATE_EPOCHS} epochs so that it outlasts the measurement; the measurement starts after its first "
         f"epoch and the update is cancelled afterwards). Web process and worker share the machine's "
-        f"{__import__('os').cpu_count()} cores, as in the embedded mode; the worker runs at nice 10 "
-        "(`CLAAS_WORKER_NICE`, its default), so serving gets the CPU first.")
+        f"{os.cpu_count()} cores, as in the embedded mode, with its defaults: the worker runs at nice 10 "
+        "(`CLAAS_WORKER_NICE`), so serving gets the CPU first, and trains on "
+        + (f"{os.environ['OMP_NUM_THREADS']} torch thread(s) (`OMP_NUM_THREADS`, set for this run)"
+           if os.environ.get("OMP_NUM_THREADS") else
+           f"{max(1, os.cpu_count() - 1)} torch thread(s), one core fewer than the machine has "
+           "(`CLAAS_TORCH_THREADS` auto), so a core stays with the web process") + ".")
     rows = []
     for clients in CLIENTS:
         a, b = idle[clients], busy[clients]

@@ -59,7 +59,7 @@ def run_service(client: Any, body: dict[str, Any], timeout: float = 900) -> dict
             "wall_time_s": results["cost"].get("wall_time_s"), "seen_done_s": seen,
             "final_accuracy": results["metrics"]["final_accuracy"],
             "accuracy_row": results["metrics"]["accuracy_matrix"][-1],
-            "samples": results["cost"]["samples_processed"]}
+            "samples": results["cost"]["samples_processed"], "torch_threads": results["cost"].get("torch_threads")}
 
 
 def run(ctx: Context) -> Section:
@@ -67,12 +67,20 @@ def run(ctx: Context) -> Section:
     repeats = 1 if ctx.quick else 3
     client = ctx.client()
     runs: dict[str, list[dict[str, Any]]] = {"service": [], "plain": [], "raw": []}
+
+    def same_threads() -> dict[str, str]:
+        """The scripts get the compute threads the worker trained with (the service runs first)."""
+        threads = str(runs["service"][0]["torch_threads"])
+        return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+
     contenders = {
         "service": ("through the REST API and the worker",
                     lambda rep: run_service(client, options(f"overhead-{rep}", epochs))),
         "plain": ("plain Avalanche script",
-                  lambda rep: run_json("bench.plain_avalanche", script_args(epochs), timeout=900)),
-        "raw": ("raw PyTorch loop", lambda rep: run_json("bench.raw_torch", script_args(epochs), timeout=900)),
+                  lambda rep: run_json("bench.plain_avalanche", script_args(epochs), timeout=900,
+                                       env=same_threads())),
+        "raw": ("raw PyTorch loop", lambda rep: run_json("bench.raw_torch", script_args(epochs), timeout=900,
+                                                         env=same_threads())),
     }
     for rep in range(repeats):
         # Interleaved, and in turn first, so that a change in the machine's load hits all three alike.
@@ -90,8 +98,9 @@ def run(ctx: Context) -> Section:
     section = Section(2, "Service overhead: REST API + worker against a plain Avalanche script")
     section.setup = (
         f"`split_digits` (5 experiences, seed 1), `simple_mlp` (hidden 128), `replay` (memory {MEM_SIZE}), "
-        f"{epochs} epochs, minibatch 32, SGD lr 0.1 momentum 0.9, seed 0, CPU, torch's default threads in every "
-        f"process; {repeats} rounds, each running the three one after the other (service and plain script take "
+        f"{epochs} epochs, minibatch 32, SGD lr 0.1 momentum 0.9, seed 0, CPU, "
+        f"{runs['service'][0]['torch_threads']} torch compute thread(s) in every contender (what the worker trained "
+        f"with, `CLAAS_TORCH_THREADS` auto; the scripts get the same through `OMP_NUM_THREADS`); {repeats} rounds, each running the three one after the other (service and plain script take "
         "turns going first); medians shown. **(a) service**: `POST /base-scenario/setup/` and "
         "`exec` against daphne with one `run_huey` worker; the time is the runner's own timer "
         "(`results.cost.train_time_s`, the sum of the `strategy.train()` calls), with its progress events "

@@ -247,6 +247,10 @@ HUEY_QUEUES: dict[str, dict] = {}
 # Workers run at a lower CPU priority (a nice value) than the web process: on a shared machine
 # serving answers first and training takes what is left. 0 keeps the priority the worker started with.
 WORKER_NICE = _env_int("CLAAS_WORKER_NICE", 10)
+# torch compute threads of each worker process. 0 (auto): OMP_NUM_THREADS when that is set, else in
+# the embedded mode one fewer than the machine's cores, so that a core stays free for the web process
+# beside it, and torch's own choice in the scaled mode, where workers have their machines.
+TORCH_THREADS = _env_int("CLAAS_TORCH_THREADS", 0)
 # What this worker trains on: "auto" (CUDA when torch sees it), "cpu" or "cuda".
 WORKER_DEVICE = os.environ.get("CLAAS_WORKER_DEVICE", "auto").strip().lower() or "auto"
 if REDIS_URL:

@@ -95,6 +95,16 @@ def on_worker_startup(fn: Callable[[], None]) -> Callable[[], None]:
     return fn
 
 
+def worker_torch_threads() -> int | None:
+    """How many compute threads torch gets in a worker (CLAAS_TORCH_THREADS); None: torch's own choice."""
+    if settings.TORCH_THREADS > 0:
+        return settings.TORCH_THREADS
+    if os.environ.get("OMP_NUM_THREADS") or settings.REDIS_URL:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - 1)
+
+
 @functools.lru_cache(maxsize=1)
 def worker_device() -> str:
     """'cuda' or 'cpu': CLAAS_WORKER_DEVICE when set to one of them, else what torch sees."""

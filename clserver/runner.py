@@ -395,6 +395,7 @@ class ExperimentRun:
                 "train_time_s": sum(e["train_time_s"] for e in exps),
                 "eval_time_s": sum(e["eval_time_s"] for e in exps),
                 "samples_processed": sum(e["samples_processed"] for e in exps),
+                "torch_threads": torch.get_num_threads(),
             },
             "mlflow_models": state["mlflow_models"],
             "model": None,

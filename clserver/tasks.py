@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import close_old_connections
 
 from clserver.jobs import job_requeue_stale
-from clserver.queues import QUEUE_DEFAULT, QUEUE_TRAIN, on_worker_startup, queue_task
+from clserver.queues import QUEUE_DEFAULT, QUEUE_TRAIN, on_worker_startup, queue_task, worker_torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +100,18 @@ def lower_worker_priority() -> None:
                 os.setpriority(os.PRIO_PROCESS, tid, wanted)
         except OSError:  # the thread ended meanwhile, or the platform refuses: run as is
             pass
+
+
+@on_worker_startup
+def limit_torch_threads() -> None:
+    """Training uses CLAAS_TORCH_THREADS compute threads (embedded: a core is left to serving)."""
+    threads = worker_torch_threads()
+    if threads is None:
+        return
+    import torch  # worker only
+
+    torch.set_num_threads(threads)
+    logger.info("torch trains on %s compute thread(s) in this worker", threads)
 
 
 @on_worker_startup

@@ -156,3 +156,24 @@ def test_workers_run_below_the_web_process_priority(service):
         time.sleep(0.5)
     assert min(_nice_values(worker.pid)) >= 10
     assert max(_nice_values(service.web.pid)) < min(_nice_values(worker.pid))
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize("configured, redis, omp, expected", [
+    (0, "", "", "cores-1"),         # embedded: a core stays with the web process
+    (3, "", "", 3),                 # an explicit CLAAS_TORCH_THREADS wins
+    (0, "redis://127.0.0.1", "", None),  # scaled: workers have their machines, torch decides
+    (0, "", "2", None),             # OMP_NUM_THREADS set: torch reads it
+])
+def test_worker_torch_threads_leave_a_core_to_serving_in_the_embedded_mode(settings, monkeypatch, configured,
+                                                                          redis, omp, expected):
+    from clserver.queues import worker_torch_threads
+
+    settings.TORCH_THREADS, settings.REDIS_URL = configured, redis
+    monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    if expected == "cores-1":
+        expected = max(1, _cores() - 1)
+    assert worker_torch_threads() == expected

@@ -1,6 +1,7 @@
 """The seed's three user stories over HTTP against a live web process and a real worker."""
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -50,6 +51,9 @@ def test_classic_phenomena_of_continual_learning(carol, strategy, low, high):
     assert len(results["experiences"]) == 5
     assert sorted(c for e in results["experiences"] for c in e["classes"]) == list(range(10))
     assert results["cost"]["samples_processed"] > 0 and results["cost"]["train_time_s"] > 0
+    # The embedded worker trains on one core fewer than the machine has (the web process keeps one).
+    omp = os.environ.get("OMP_NUM_THREADS")
+    assert results["cost"]["torch_threads"] == (int(omp) if omp else max(1, len(os.sched_getaffinity(0)) - 1))
     assert {"forgetting", "bwt", "fwt", "stream_accuracy"} <= set(metrics)
     if strategy["name"] == "naive":
         assert metrics["forgetting"] > 0.5 and metrics["bwt"] < -0.5
