@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -62,7 +63,8 @@ def experiment(args: argparse.Namespace, name: str) -> dict[str, Any]:
                       "seed": 1, "test_size": 0.2},
         "strategy": {"name": "replay", "params": {"mem_size": 200}},
         "training": {"epochs": args.epochs, "train_mb_size": args.train_mb, "eval_mb_size": 256,
-                     "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9}, "device": args.device, "seed": 0},
+                     "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9}, "device": args.device, "seed": 0,
+                     "deterministic": True},
     }
 
 
@@ -70,29 +72,53 @@ def script_args(args: argparse.Namespace, npz: Path) -> list[str]:
     return ["--data", str(npz), "--n-experiences", "5", "--stream-seed", "1", "--test-size", "0.2",
             "--arch", "simple_cnn", "--input-shape", "3,32,32", "--channels", str(args.channels),
             "--mem-size", "200", "--epochs", str(args.epochs), "--train-mb", str(args.train_mb), "--eval-mb", "256",
-            "--lr", "0.05", "--momentum", "0.9", "--device", args.device, "--seed", "0"]
+            "--lr", "0.05", "--momentum", "0.9", "--device", args.device, "--seed", "0", "--deterministic"]
+
+
+def same_threads(runs: dict[str, list[dict[str, Any]]]) -> dict[str, str]:
+    """The scripts get the compute threads the service's worker trained with (the service runs first in
+    every round), as benchmark 2 does (`bench/service_overhead.py`)."""
+    threads = runs["service"][0].get("torch_threads") if runs["service"] else None
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}
 
 
 def markdown(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]], card: str, setup_s: float) -> str:
     t = {k: median([r["train_time_s"] for r in v]) for k, v in runs.items()}
+    threads = runs["service"][0].get("torch_threads")
+    threads_text = f"{threads} torch compute thread(s)" if threads else "torch's default compute threads"
     acc = {k: v[-1]["final_accuracy"] for k, v in runs.items()}
+    import platform
+    from datetime import datetime, timezone
+
+    import torch
+
     lines = [
         f"### Service overhead on {card}",
+        "",
+        f"- **Command:** `python -m bench.gpu_overhead {' '.join(sys.argv[1:])}`".replace("  ", " ").rstrip()
+        + " (on a lent GPU machine: `bash bench/gpu_device.sh`)",
+        f"- **Date:** {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- **Machine:** {card}, {os.cpu_count()} CPU cores; Python {platform.python_version()}, "
+        f"torch {torch.__version__}",
         "",
         f"`simple_cnn` (channels {args.channels}) on a CIFAR-shaped synthetic stream ({args.samples} images "
         f"3x32x32, 10 classes, 5 class-incremental experiences, uploaded as NPZ), `replay` (memory 200), "
         f"{args.epochs} epochs, minibatch {args.train_mb}, SGD lr 0.05 momentum 0.9, seed 0, `device: "
-        f"{args.device}`; {len(runs['service'])} round(s), medians. Training time: the runner's timer for the "
+        f"{args.device}`, deterministic kernels on every side (`training.deterministic: true` for the service, "
+        f"`torch.use_deterministic_algorithms` and cuDNN's deterministic mode for the scripts), {threads_text} "
+        "in every contender (what the worker trained with; the scripts get the same through `OMP_NUM_THREADS` and `MKL_NUM_THREADS`); "
+        f"{len(runs['service'])} round(s), medians. Training time: the runner's timer for the "
         "service, the same sum of `strategy.train()` calls for the scripts. Service start and upload took "
         f"{setup_s:.0f} s (not counted).",
         "",
-        "| contender | train s (median) | vs plain | final accuracy |",
-        "|---|---|---|---|",
+        "| contender | train s (median) | vs plain | final accuracy (last round) | final accuracy, every round |",
+        "|---|---|---|---|---|",
     ]
     labels = {"service": "(a) CLaaS: REST API + worker (runner's timer)", "plain": "(b) plain Avalanche script",
               "raw": "(c) raw PyTorch loop (floor)"}
     for key, label in labels.items():
-        lines.append(f"| {label} | {t[key]:.2f} | {t[key] / t['plain']:.2f}x | {acc[key]:.4f} |")
+        every = " / ".join(f"{r['final_accuracy']:.4f}" for r in runs[key])
+        lines.append(f"| {label} | {t[key]:.2f} | {t[key] / t['plain']:.2f}x | {acc[key]:.4f} | {every} |")
     ratio, diff = t["service"] / t["plain"], abs(acc["service"] - acc["plain"])
     lines += ["", f"Service over plain: **{ratio:.2f}x** (target <= 1.10x: {'met' if ratio <= 1.10 else 'missed'}); "
                   f"|accuracy difference| **{diff:.4f}** (target <= 0.01: {'met' if diff <= 0.01 else 'missed'})."]
@@ -134,10 +160,14 @@ def main(argv: list[str] | None = None) -> int:
         for rnd in range(args.rounds):
             print(f"round {rnd + 1}/{args.rounds}: service", flush=True)
             runs["service"].append(run_service(client, experiment(args, f"gpu-overhead-{rnd}")))
+            print(f"  the worker trained with {runs['service'][-1].get('torch_threads')} torch thread(s); the scripts "
+                  f"get {same_threads(runs) or 'no thread setting'}", flush=True)
             print(f"round {rnd + 1}/{args.rounds}: plain Avalanche", flush=True)
-            runs["plain"].append(run_json("bench.plain_avalanche", script_args(args, npz), timeout=900))
+            runs["plain"].append(run_json("bench.plain_avalanche", script_args(args, npz), timeout=900,
+                                          env=same_threads(runs)))
             print(f"round {rnd + 1}/{args.rounds}: raw PyTorch", flush=True)
-            runs["raw"].append(run_json("bench.raw_torch", script_args(args, npz), timeout=900))
+            runs["raw"].append(run_json("bench.raw_torch", script_args(args, npz), timeout=900,
+                                        env=same_threads(runs)))
             print("  train s: " + ", ".join(f"{k} {v[-1]['train_time_s']:.2f}" for k, v in runs.items()), flush=True)
     finally:
         live.stop()

@@ -95,8 +95,10 @@ def web_start_timed(live: Any, poll_s: float = 0.02) -> dict[str, Any]:
     """Spawn daphne and time it to the first 200 from /healthz (polled every `poll_s`)."""
     import requests
 
+    from tests.service import daphne_command
+
     started = time.perf_counter()
-    live.web = live._spawn("web", [str(Path(PYTHON).parent / "daphne"), "-b", "127.0.0.1", "-p", str(live.port),
+    live.web = live._spawn("web", [*daphne_command(), "-b", "127.0.0.1", "-p", str(live.port),
                                    "claas_site.asgi:application"])
     deadline = started + 120
     while time.perf_counter() < deadline:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 import warnings
 from typing import Any
@@ -50,7 +51,17 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--deterministic", action="store_true",
+                        help="deterministic GPU kernels, as the service's training.deterministic")
     return parser.parse_args(argv)
+
+
+def deterministic_setup(args: argparse.Namespace) -> None:
+    """What torch's reproducibility notes ask for, as the service does for `training.deterministic`."""
+    if args.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
 
 
 def stream_arrays(args: argparse.Namespace) -> Any:
@@ -94,6 +105,7 @@ def build_model(args: argparse.Namespace, n_classes: int) -> nn.Module:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = arguments(argv)
+    deterministic_setup(args)
     stream = stream_arrays(args)
     device = torch.device(args.device)
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.plain_avalanche import arguments, build_model, stream_arrays
+from bench.plain_avalanche import arguments, build_model, deterministic_setup, stream_arrays
 
 
 def seed_all(seed: int) -> None:
@@ -41,6 +41,7 @@ def accuracy_row(model: nn.Module, stream: Any, device: torch.device, batch: int
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = arguments(argv)
+    deterministic_setup(args)
     stream = stream_arrays(args)
     device = torch.device(args.device)
     data = [(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)) for x, y in stream.train]

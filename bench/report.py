@@ -9,6 +9,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+GPU_RECORD = Path(__file__).resolve().parent / "GPU.md"  # benchmark 2 on a GPU, recorded on a machine with one
+
 
 @dataclass
 class Target:
@@ -162,7 +164,12 @@ def document(*, sections: list[Section], info: dict[str, Any], command: str, sta
         if section.notes:
             out.append("")
         out.append(f"_Benchmark time: {section.elapsed_s:.0f} s._")
-    if not info.get("cuda"):
+    if GPU_RECORD.exists():
+        out += ["", "## Benchmark 2 on a GPU", "",
+                f"Recorded separately on a machine with CUDA (its figures are in `{GPU_RECORD.name}`, written "
+                "by `bench/gpu_overhead.py --out`), and copied here:", "",
+                GPU_RECORD.read_text().strip()]
+    elif not info.get("cuda"):
         out += ["", "## Benchmark 2 on a GPU", "",
                 "Not run here: this machine has no GPU. On a machine with CUDA, "
                 "`.venv/bin/python -m bench.gpu_overhead` runs benchmark 2 with `simple_cnn` on a CIFAR-shaped "

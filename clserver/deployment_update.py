@@ -50,7 +50,7 @@ from clserver.deployments import (
 )
 from clserver.jobs import JobRunner, JobSuperseded
 from clserver.models import JobStatus
-from clserver.runner import resolve_device
+from clserver.runner import kernels_deterministic, resolve_device
 from clserver.strategies import OPTIMIZERS, STRATEGIES
 
 logger = logging.getLogger(__name__)
@@ -171,6 +171,10 @@ class UpdateRun:
             return None
 
     def run(self) -> None:
+        with kernels_deterministic(self.training.get("deterministic", False)):
+            self._run()
+
+    def _run(self) -> None:
         update, deployment, opts = self.update, self.deployment, self.options
         if update.candidate_version is not None:
             # An earlier attempt stored its decision and then lost its worker: nothing is left to do.

@@ -26,6 +26,8 @@ TRAINING_PARAMS = (
     Param("eval_mb_size", "int", 256, "Evaluation minibatch size.", min=1, max=65536),
     Param("device", "str", "auto", "auto, cpu, cuda or cuda:N."),
     Param("seed", "int", 0, "Seed of weights, shuffling and sampling.", min=0, max=2**31 - 1),
+    Param("deterministic", "bool", False, "The same results on every run on a GPU too (deterministic "
+          "kernels; slower there). Training on the CPU repeats exactly anyway."),
 )
 DEFAULT_MODEL = {"architecture": "simple_mlp", "params": {"hidden_size": 128}}
 DEFAULT_BENCHMARK = {"name": "split_digits", "n_experiences": 5, "seed": 1}

@@ -35,7 +35,6 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 PATH = re.compile(r"^/api/deployments/(?P<name>[^/]+)/predict$")
-THREADS = 4
 TOKEN_PREFIX = b"token "
 
 
@@ -111,9 +110,10 @@ def champion_lookup(*, token: str, name: str) -> dict[str, Any] | None:
 class PredictFastPath:
     """ASGI middleware: answers successful token `predict` calls itself, hands the rest to `app`."""
 
-    def __init__(self, app: Callable[..., Awaitable[None]], threads: int = THREADS) -> None:
+    def __init__(self, app: Callable[..., Awaitable[None]], threads: int | None = None) -> None:
         self.app = app
-        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="predict")
+        self.executor = ThreadPoolExecutor(max_workers=threads or settings.PREDICT_THREADS,
+                                           thread_name_prefix="predict")
         self.headers = _headers()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -7,6 +7,7 @@ after each one to fill the accuracy matrix.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import os
@@ -50,6 +51,26 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+@contextlib.contextmanager
+def kernels_deterministic(enabled: bool) -> Iterator[None]:
+    """`training.deterministic`: deterministic cuDNN and cuBLAS kernels and no cuDNN autotuning, so
+    that a seeded run on a GPU repeats exactly (CPU kernels are deterministic already). torch keeps
+    these flags per process, so they are put back afterwards for the worker's next job. cuBLAS also
+    needs CUBLAS_WORKSPACE_CONFIG, which every worker sets at start-up (clserver/tasks.py)."""
+    if not enabled:
+        yield
+        return
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    torch.use_deterministic_algorithms(True, warn_only=True)  # an op with no deterministic kernel warns
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2], before[3]
+
+
 def stream_to_avalanche(stream: Stream) -> Any:
     """Tensor datasets straight from arrays: no per-sample transforms or file reads."""
     def ds(x: np.ndarray, y: np.ndarray) -> Any:
@@ -59,8 +80,10 @@ def stream_to_avalanche(stream: Stream) -> Any:
 
 
 def evaluate(model: nn.Module, stream: Stream, device: torch.device, batch: int) -> list[float]:
-    """Accuracy on each experience's test data."""
+    """Accuracy on each experience's test data (the model goes to `device` first: before the first
+    training, which is when the strategy moves it, it is still where it was built)."""
     was_training = model.training
+    model.to(device)
     model.eval()
     row = []
     with torch.no_grad():
@@ -82,6 +105,14 @@ def initial_model(experiment: Experiment) -> nn.Module:
         path = settings.DATA_DIR / experiment.registered_version.weights_file
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model
+
+
+def cpu_model(model: nn.Module) -> nn.Module:
+    """The model as MLflow should store it: on the CPU, so that it loads on any machine (a copy when
+    training ran on a GPU; the model itself otherwise)."""
+    if all(p.device.type == "cpu" for p in model.parameters()):
+        return model
+    return copy.deepcopy(model).cpu()
 
 
 @contextlib.contextmanager
@@ -224,6 +255,10 @@ class ExperimentRun:
 
     # --- the run -------------------------------------------------------------------------
     def run(self) -> None:
+        with kernels_deterministic(self.training.get("deterministic", False)):
+            self._run()
+
+    def _run(self) -> None:
         opts, training = self.options, self.training
         RNGManager.set_random_seeds(training["seed"])
         device = resolve_device(training["device"])
@@ -370,7 +405,7 @@ class ExperimentRun:
             self._track(tracking.run_metrics, run_id=self.run_id, metrics=step_metrics, step=i)
         if self.run_id:
             with rng_preserved(self.model_for_logging):
-                logged = self._track(tracking.model_log, run_id=self.run_id, model=self.model_for_logging,
+                logged = self._track(tracking.model_log, run_id=self.run_id, model=cpu_model(self.model_for_logging),
                                      input_example=stream.test[0][0][:2], name=f"experience_{i}")
             state["mlflow_models"].append(logged["model_uri"] if logged else None)
         n_units = self.n_units

@@ -82,13 +82,14 @@ def _reaper_loop() -> None:
 
 @on_worker_startup
 def lower_worker_priority() -> None:
-    """Give the CPU to serving first: every thread of this worker process gets nice WORKER_NICE.
+    """Give the CPU to serving first: every thread of this worker process gets nice WORKER_NICE and,
+    with WORKER_IDLE_POLICY, Linux's SCHED_IDLE policy (a waking web thread preempts it at once).
 
-    On Linux a nice value belongs to a thread and new threads inherit their creator's, so the
-    threads that exist now are all set (torch's compute threads start later, from these).
+    On Linux the priority and the policy belong to a thread and new threads inherit their creator's,
+    so the threads that exist now are all set (torch's compute threads start later, from these).
     """
-    wanted = settings.WORKER_NICE
-    if wanted <= 0 or not hasattr(os, "setpriority"):
+    nice, idle = settings.WORKER_NICE, settings.WORKER_IDLE_POLICY and hasattr(os, "SCHED_IDLE")
+    if (nice <= 0 and not idle) or not hasattr(os, "setpriority"):
         return
     try:
         threads = [int(t) for t in os.listdir("/proc/self/task")]
@@ -96,8 +97,10 @@ def lower_worker_priority() -> None:
         threads = [0]
     for tid in threads:
         try:
-            if os.getpriority(os.PRIO_PROCESS, tid) < wanted:
-                os.setpriority(os.PRIO_PROCESS, tid, wanted)
+            if nice > 0 and os.getpriority(os.PRIO_PROCESS, tid) < nice:
+                os.setpriority(os.PRIO_PROCESS, tid, nice)
+            if idle:
+                os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
         except OSError:  # the thread ended meanwhile, or the platform refuses: run as is
             pass
 
@@ -112,6 +115,13 @@ def limit_torch_threads() -> None:
 
     torch.set_num_threads(threads)
     logger.info("torch trains on %s compute thread(s) in this worker", threads)
+
+
+@on_worker_startup
+def cublas_reproducible_workspace() -> None:
+    """cuBLAS repeats its results only with a fixed workspace, read when the first CUDA work starts;
+    set before any job so that `training.deterministic` holds on a GPU (a few MB; no effect on a CPU)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
 @on_worker_startup

@@ -21,6 +21,13 @@ PYTHON = sys.executable
 START_TIMEOUT_S = 90
 
 
+def daphne_command() -> list[str]:
+    """daphne's console script beside the interpreter; where there is none (a bundle installed with
+    `pip install --target` puts its scripts in its own bin/), `python -m daphne` from the same interpreter."""
+    script = Path(PYTHON).parent / "daphne"
+    return [str(script)] if script.exists() else [PYTHON, "-m", "daphne"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -118,8 +125,8 @@ class LiveService:
         return self
 
     def start_web(self) -> None:
-        self.web = self._spawn("web", [str(Path(PYTHON).parent / "daphne"), "-b", "127.0.0.1", "-p",
-                                       str(self.port), "claas_site.asgi:application"])
+        self.web = self._spawn("web", [*daphne_command(), "-b", "127.0.0.1", "-p", str(self.port),
+                                       "claas_site.asgi:application"])
         self.wait_healthy()
 
     def stop_web(self) -> None:

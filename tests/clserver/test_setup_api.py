@@ -33,7 +33,8 @@ def test_setup_fills_every_default(api, user):
     assert options["strategy"] == {"name": "replay", "params": {"mem_size": 200, "policy": "experience_balanced",
                                                                  "batch_size_mem": 0}}
     assert options["training"] == {"epochs": 10, "train_mb_size": 32, "eval_mb_size": 256, "device": "auto",
-                                   "seed": 0, "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9,
+                                   "seed": 0, "deterministic": False,
+                                   "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9,
                                                             "weight_decay": 0.0}}
     assert options["from_experiment"] is None
     assert body["urls"]["results"] == "/base-scenario/alice/results/digits-replay"
@@ -76,6 +77,7 @@ def test_overwrite_of_a_running_experiment_is_refused(api, user):
     ({}, ["exp_name is required"]),
     ({"exp_name": "x", "training": {"device": "cuda"}}, ["no CUDA device"]),
     ({"exp_name": "x", "training": {"device": "tpu"}}, ["training.device must be auto, cpu, cuda or cuda:N"]),
+    ({"exp_name": "x", "training": {"deterministic": "yes"}}, ["training.deterministic must be true or false"]),
     ({"exp_name": "x", "model": {"architecture": "simple_mlp", "params": {"input_shape": [3, 32, 32]}}},
      ["does not fit the benchmark"]),
     ({"exp_name": "x", "model": {"architecture": "simple_mlp", "params": {"num_classes": 5}}},

@@ -73,3 +73,20 @@ def test_a_diverging_run_fails_with_the_reason(transactional_db, user):
     assert experiment.status == "failed"
     assert experiment.error.startswith("Training diverged in experience 1")
     assert "lower the learning rate" in experiment.error
+
+
+def test_deterministic_training_turns_on_deterministic_kernels_for_the_run_only():
+    """`training.deterministic` holds torch to deterministic kernels while the job runs; the worker's
+    next job gets torch as it was (the flags are process-wide)."""
+    import torch
+
+    from clserver.runner import kernels_deterministic
+
+    assert not torch.are_deterministic_algorithms_enabled()
+    with kernels_deterministic(True):
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert not torch.backends.cudnn.deterministic
+    with kernels_deterministic(False):
+        assert not torch.are_deterministic_algorithms_enabled()
