@@ -249,10 +249,6 @@ HUEY_QUEUES: dict[str, dict] = {}
 # Workers run at a lower CPU priority (a nice value) than the web process: on a shared machine
 # serving answers first and training takes what is left. 0 keeps the priority the worker started with.
 WORKER_NICE = _env_int("CLAAS_WORKER_NICE", 10)
-# And on Linux under the SCHED_IDLE policy: a nice value still lets a running training thread finish
-# its time slice before a waking web thread gets the core (milliseconds of predict latency); an idle-
-# policy thread is preempted at once, and training runs on whatever CPU serving leaves.
-WORKER_IDLE_POLICY = _env_bool("CLAAS_WORKER_IDLE_POLICY", True)
 # torch compute threads of each worker process. 0 (auto): OMP_NUM_THREADS when that is set, else in
 # the embedded mode one fewer than the machine's cores, so that a core stays free for the web process
 # beside it, and torch's own choice in the scaled mode, where workers have their machines.
