@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmark 2 on the lent GPU machine (Python 3.12 with torch, numpy & co. already there, no network):
-# installs the wheel bundle .whl/ (git-ignored through .git/info/exclude, so it must be carried) into
+# installs the wheel bundle .whl/ (built by bench/gpu_bundle.sh; git-ignored, so it must be carried) into
 # /tmp/site, then runs bench/gpu_overhead.py at full size and leaves gpu.md and gpu.log in $OUT.
 #
 #   run(command="bash bench/gpu_device.sh", carry=[".whl"], timeout_s=540)

@@ -9,12 +9,13 @@ import numpy as np
 
 from bench.harness import Context
 from bench.report import Section, Table, Target
-from bench.serving import DEPLOYMENT, _ok, claas_target, deployment_ready, load, sample_rows
+from bench.serving import DEPLOYMENT, _ok, claas_target, deployment_ready, load, median_of_rounds, sample_rows
 
 CLIENTS = (1, 8)
 SECONDS = 10.0
 QUICK_SECONDS = 2.0
 TARGET_RATIO = 1.5
+ROUNDS = 3  # idle and updating take turns; medians reported
 UPDATE_EPOCHS = 1000  # the most an update allows: it outlasts the measurement and is cancelled afterwards
 INGEST_ROWS = 600
 
@@ -73,20 +74,29 @@ def run(ctx: Context) -> Section:
     body = {"inputs": sample_rows(1).tolist()}
     ctx.say(f"ingesting {INGEST_ROWS} labelled rotated digits")
     ingest_rotated(ctx)
-    idle = {}
-    for clients in CLIENTS:
-        ctx.say(f"{clients} client(s): predict with the worker idle for {seconds:.0f} s")
-        idle[clients] = load(ctx, url, body, headers, clients, seconds, warmup)
-    ctx.say(f"starting an update ({UPDATE_EPOCHS} epochs of replay; cancelled after the measurement)")
-    update_id = update_start(ctx)
-    busy, still_running = {}, []
-    try:
+    rounds = 1 if ctx.quick else ROUNDS
+    idle_rounds: dict[int, list] = {c: [] for c in CLIENTS}
+    busy_rounds: dict[int, list] = {c: [] for c in CLIENTS}
+    still_running, update_ids = [], []
+    for rnd in range(rounds):
+        # Idle and updating take turns, so that a change in the machine's load hits both alike.
         for clients in CLIENTS:
-            ctx.say(f"{clients} client(s): predict while update {update_id} trains, for {seconds:.0f} s")
-            busy[clients] = load(ctx, url, body, headers, clients, seconds, warmup)
-            still_running.append(update_state(ctx, update_id)["job_status"] == "running")
-    finally:
-        update_cancel(ctx, update_id)
+            ctx.say(f"round {rnd + 1}/{rounds}, {clients} client(s): predict with the worker idle for {seconds:.0f} s")
+            idle_rounds[clients].append(load(ctx, url, body, headers, clients, seconds, warmup))
+        ctx.say(f"round {rnd + 1}/{rounds}: starting an update ({UPDATE_EPOCHS} epochs of replay; cancelled after "
+                "the measurement)")
+        update_id = update_start(ctx)
+        update_ids.append(update_id)
+        try:
+            for clients in CLIENTS:
+                ctx.say(f"round {rnd + 1}/{rounds}, {clients} client(s): predict while update {update_id} trains, "
+                        f"for {seconds:.0f} s")
+                busy_rounds[clients].append(load(ctx, url, body, headers, clients, seconds, warmup))
+                still_running.append(update_state(ctx, update_id)["job_status"] == "running")
+        finally:
+            update_cancel(ctx, update_id)
+    idle = {c: median_of_rounds(r) for c, r in idle_rounds.items()}
+    busy = {c: median_of_rounds(r) for c, r in busy_rounds.items()}
 
     section = Section(5, "Interference: serving while an update trains")
     section.setup = (
@@ -95,7 +105,8 @@ def run(ctx: Context) -> Section:
         f"with the worker idle, then again while the worker trains an update of the same deployment "
         f"(`POST /api/deployments/{DEPLOYMENT}/update`, replay over the buffered data and a memory of 500, "
         f"{UPDATE_EPOCHS} epochs so that it outlasts the measurement; the measurement starts after its first "
-        f"epoch and the update is cancelled afterwards). Web process and worker share the machine's "
+        f"epoch and the update is cancelled afterwards), in {rounds} round(s) of idle then updating, each "
+        "figure the median over the rounds. Web process and worker share the machine's "
         f"{os.cpu_count()} cores, as in the embedded mode, with its defaults: the worker runs at nice 10 "
         "(`CLAAS_WORKER_NICE`), so serving gets the CPU first, and trains on "
         + (f"{os.environ['OMP_NUM_THREADS']} torch thread(s) (`OMP_NUM_THREADS`, set for this run)"
@@ -113,7 +124,11 @@ def run(ctx: Context) -> Section:
                                       f"<= {TARGET_RATIO}x", ratio <= TARGET_RATIO))
     section.tables.append(Table(["clients", "idle p50 ms", "idle p99 ms", "updating p50 ms", "updating p99 ms",
                                  "p99 ratio", "idle req/s", "updating req/s", "errors while updating"], rows))
+    for clients in CLIENTS:
+        section.notes.append(f"{clients} client(s), p99 idle / updating in each round: " + "; ".join(
+            f"{a['p99_ms']:.1f} / {b['p99_ms']:.1f} ms" for a, b in zip(idle_rounds[clients], busy_rounds[clients])))
     section.notes.append("The update was still training at the end of every measurement: "
                          + ("yes" if all(still_running) else f"no ({still_running})") + ".")
-    section.data = {"idle": idle, "busy": busy, "update_id": update_id, "still_running": still_running}
+    section.data = {"idle": idle, "busy": busy, "idle_rounds": idle_rounds, "busy_rounds": busy_rounds,
+                    "update_ids": update_ids, "still_running": still_running}
     return section
