@@ -152,14 +152,35 @@ def _thread_stats(pid: int, field: int) -> list[int]:
 NICE = 19
 
 
+def _slices_ns(pid: int) -> list[int]:
+    """The EEVDF time slice (sched_attr.sched_runtime) of every thread, read with sched_getattr(2)."""
+    import ctypes
+    import platform
+    import struct
+
+    number = {"x86_64": 315, "aarch64": 275}[platform.machine()]
+    libc = ctypes.CDLL(None, use_errno=True)
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        buffer = ctypes.create_string_buffer(56)
+        if libc.syscall(number, int(task.name), buffer, 56, 0) == 0:
+            out.append(struct.unpack("IIQiIQQQII", buffer.raw)[5])
+    return out
+
+
 def test_workers_run_below_the_web_process_priority(service):
-    """Serving answers first on a shared machine: every worker thread has nice 10, the web process less."""
+    """Serving answers first on a shared machine: every worker thread has nice 10 and a long time slice
+    (a waking web thread, whose slice is shorter, preempts training at once); the web process has neither."""
+    from clserver.tasks import WORKER_SLICE_NS
+
     worker = service.workers[0]
     deadline = time.time() + 60
     while time.time() < deadline and min(_thread_stats(worker.pid, NICE)) < 10:
         time.sleep(0.5)
     assert min(_thread_stats(worker.pid, NICE)) >= 10
     assert max(_thread_stats(service.web.pid, NICE)) < min(_thread_stats(worker.pid, NICE))
+    assert set(_slices_ns(worker.pid)) == {WORKER_SLICE_NS}
+    assert max(_slices_ns(service.web.pid)) < WORKER_SLICE_NS
 
 
 def _cores() -> int:
