@@ -108,7 +108,8 @@ def run(ctx: Context) -> Section:
         f"epoch and the update is cancelled afterwards), in {rounds} round(s) of idle then updating, each "
         "figure the median over the rounds. Web process and worker share the machine's "
         f"{os.cpu_count()} cores, as in the embedded mode, with its defaults: the worker runs at nice 10 "
-        "(`CLAAS_WORKER_NICE`), so serving gets the CPU first, and trains on "
+        "(`CLAAS_WORKER_NICE`) with a 50 ms time slice, so serving gets the CPU first and a waking web thread "
+        "preempts training at once, and trains on "
         + (f"{os.environ['OMP_NUM_THREADS']} torch thread(s) (`OMP_NUM_THREADS`, set for this run)"
            if os.environ.get("OMP_NUM_THREADS") else
            f"{max(1, os.cpu_count() - 1)} torch thread(s), one core fewer than the machine has "
