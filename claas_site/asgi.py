@@ -10,11 +10,13 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set u
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-from claas_site.body_limit import daphne_install  # noqa: E402
+from claas_site import body_limit, daphne_reaping  # noqa: E402
+from claas_site.long_lived import freeze_long_lived  # noqa: E402
 from claas_site.routing import websocket_urlpatterns  # noqa: E402
 from clserver.predict_fast import PredictFastPath  # noqa: E402
 
-daphne_install()  # oversized bodies get 413 before daphne reads them
+body_limit.daphne_install()  # oversized bodies get 413 before daphne reads them
+daphne_reaping.daphne_install()  # finished requests are let go at once
 
 application = ProtocolTypeRouter(
     {
@@ -24,3 +26,4 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+freeze_long_lived()  # Django, DRF and Channels are loaded: their objects live as long as the process

@@ -12,6 +12,7 @@ import numpy as np
 from django.conf import settings
 
 from claas_site.lazy import lazy_import
+from claas_site.long_lived import freeze_if_imported
 from modelfactory.architectures import architecture_build
 
 # torch loads on first use, so the web process starts without it.
@@ -40,6 +41,7 @@ class LruCache:
             self._items[key] = value
             while len(self._items) > self.size:
                 self._items.popitem(last=False)
+            freeze_if_imported()  # a first load imports torch or alibi-detect: long-lived objects
             return value
 
     def put(self, key: Hashable, value: Any) -> None:
@@ -48,6 +50,7 @@ class LruCache:
             self._items.move_to_end(key)
             while len(self._items) > self.size:
                 self._items.popitem(last=False)
+            freeze_if_imported()
 
     def drop(self, match: Callable[[Hashable], bool]) -> None:
         with self._lock:

@@ -1,0 +1,123 @@
+"""The web process lets go of finished requests at once and keeps long-lived objects out of the collector."""
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import sys
+import types
+from typing import Any
+
+import pytest
+from daphne.server import Server
+
+from claas_site import daphne_reaping
+from clserver.deployment_serving import LruCache
+
+
+class Protocol:
+    """Stands for one HTTP request's protocol object: daphne only hashes it and hands it back."""
+
+    def __init__(self) -> None:
+        self.replies: list[dict[str, Any]] = []
+
+    def handle_reply(self, message: dict[str, Any]) -> None:
+        self.replies.append(message)
+
+
+@pytest.fixture
+def server() -> Server:
+    daphne_reaping.daphne_install()
+    server = Server(application=None, endpoints=["tcp:port=0:interface=127.0.0.1"])  # never started
+    server.connections = {}  # what `Server.run` sets up before listening
+    return server
+
+
+def serve(server: Server, app: Any, disconnect_first: bool = False) -> Protocol:
+    """One request through daphne's own server bookkeeping: connect, run the app, disconnect."""
+    server.application = app
+    protocol = Protocol()
+
+    async def main() -> None:
+        server.protocol_connected(protocol)
+        queue = server.create_application(protocol, {"type": "http", "path": "/"})
+        queue.put_nowait({"type": "http.request", "body": b"", "more_body": False})
+        if disconnect_first:
+            server.protocol_disconnected(protocol)
+        instance = server.connections[protocol]["application_instance"]
+        await asyncio.wait([instance])
+        if not disconnect_first:
+            # Twisted finishes the request inside the app's last `send`; here, once it has returned.
+            server.protocol_disconnected(protocol)
+            server.protocol_disconnected(protocol)  # connectionLost after finish: a second notice
+        await asyncio.sleep(0)  # the done callback runs on the next turn of the loop
+
+    asyncio.run(main())
+    return protocol
+
+
+async def answering_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await receive()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def test_a_finished_request_leaves_daphnes_books_at_once(server: Server):
+    protocol = serve(server, answering_app)
+    assert [m["type"] for m in protocol.replies] == ["http.response.start", "http.response.body"]
+    assert protocol not in server.connections  # not left for the once-a-second sweep
+
+
+def test_a_request_whose_client_left_first_is_let_go_when_its_app_ends(server: Server):
+    protocol = serve(server, answering_app, disconnect_first=True)
+    assert protocol.replies == []  # daphne drops replies to a disconnected client
+    assert protocol not in server.connections
+
+
+def test_a_request_still_running_is_kept(server: Server):
+    gate = asyncio.Event()
+
+    async def slow_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await gate.wait()
+
+    protocol = Protocol()
+
+    async def main() -> None:
+        server.application = slow_app
+        server.protocol_connected(protocol)
+        server.create_application(protocol, {"type": "http", "path": "/"})
+        server.protocol_disconnected(protocol)
+        await asyncio.sleep(0.01)
+        assert protocol in server.connections  # the sweep still closes it if it outlives its timeout
+        gate.set()
+        await asyncio.sleep(0.01)
+        assert protocol not in server.connections
+
+    asyncio.run(main())
+
+
+def test_an_application_error_is_logged_as_daphne_would(server: Server, caplog):
+    async def failing_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        raise RuntimeError("the view broke")
+
+    with caplog.at_level(logging.ERROR, logger="daphne.server"):
+        protocol = serve(server, failing_app, disconnect_first=True)
+    assert protocol not in server.connections
+    assert "Exception inside application: the view broke" in caplog.text
+
+
+def test_what_a_first_model_load_imports_is_left_out_of_later_collections(monkeypatch):
+    cache = LruCache(2)
+
+    def load() -> list[list[int]]:
+        monkeypatch.setitem(sys.modules, "stands_for_torch", types.ModuleType("stands_for_torch"))
+        return [[i] for i in range(1000)]  # objects the collector tracks, alive as long as the cache
+
+    before = gc.get_freeze_count()
+    model = cache.get("key", load)
+    assert gc.get_freeze_count() >= before + 1000
+    assert cache.get("key", lambda: None) is model  # cached: loaded once
+
+    frozen = gc.get_freeze_count()
+    cache.get("other", lambda: [[i] for i in range(1000)])  # imports nothing: no freeze
+    assert gc.get_freeze_count() == frozen
