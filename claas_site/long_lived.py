@@ -10,10 +10,13 @@ afterwards is collected as usual.
 It is done once the application is built, and again after a serving cache loads something that
 imported new modules (the first model brings torch in, the first detector alibi-detect). Garbage
 that happens to be waiting for a collection at that moment is frozen with the rest and never
-reclaimed; tying the freeze to imports keeps that to a handful of moments per process.
+reclaimed; tying the freeze to imports keeps that to a handful of moments per process. At exit
+everything is unfrozen again, so the interpreter's last collection tears it down in order
+(extension modules such as nanobind's report frozen objects as leaks otherwise).
 """
 from __future__ import annotations
 
+import atexit
 import gc
 import sys
 import threading
@@ -26,6 +29,8 @@ def freeze_long_lived() -> None:
     """Everything alive now is left out of later collections (cheap: it moves one list)."""
     global _modules_frozen
     with _lock:
+        if not _modules_frozen:
+            atexit.register(gc.unfreeze)
         gc.freeze()
         _modules_frozen = len(sys.modules)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import subprocess
 import sys
 import types
 from typing import Any
@@ -13,6 +14,7 @@ from daphne.server import Server
 
 from claas_site import daphne_reaping
 from clserver.deployment_serving import LruCache
+from tests.service import ROOT
 
 
 class Protocol:
@@ -121,3 +123,12 @@ def test_what_a_first_model_load_imports_is_left_out_of_later_collections(monkey
     frozen = gc.get_freeze_count()
     cache.get("other", lambda: [[i] for i in range(1000)])  # imports nothing: no freeze
     assert gc.get_freeze_count() == frozen
+
+
+def test_a_process_that_froze_its_objects_still_exits_cleanly():
+    code = ("import sip_qp_python\n"  # a nanobind extension Avalanche brings in: it reports leaks at exit
+            "from claas_site.long_lived import freeze_long_lived\n"
+            "freeze_long_lived()\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "leaked" not in done.stderr, done.stderr
