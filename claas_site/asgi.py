@@ -8,11 +8,10 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set up first)
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from claas_site import body_limit, daphne_reaping  # noqa: E402
 from claas_site.long_lived import freeze_long_lived  # noqa: E402
-from claas_site.routing import websocket_urlpatterns  # noqa: E402
+from claas_site.routing import SameOriginValidator, websocket_urlpatterns  # noqa: E402
 from clserver.predict_fast import PredictFastPath  # noqa: E402
 
 body_limit.daphne_install()  # oversized bodies get 413 before daphne reads them
@@ -21,9 +20,8 @@ daphne_reaping.daphne_install()  # finished requests are let go at once
 application = ProtocolTypeRouter(
     {
         "http": PredictFastPath(django_asgi_app),
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-        ),
+        # The Origin must be the site's own, port included (claas_site/routing.py).
+        "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
 freeze_long_lived()  # Django, DRF and Channels are loaded: their objects live as long as the process

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
@@ -90,9 +91,27 @@ def error_body(message: str, details: dict[str, Any] | None = None) -> dict[str,
     return {"error": message, "details": details or {}}
 
 
+JSON_DECODER_FILE = os.path.join("json", "decoder.py")
+TOO_DEEP = "The JSON is nested too deeply to read; send a flatter document."
+
+
+def _raised_decoding_json(exc: BaseException) -> bool:
+    """Whether the exception came out of the json module's decoder (not out of a bug elsewhere)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.endswith(JSON_DECODER_FILE):
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, ApplicationError):
         return Response(error_body(exc.message, exc.details), status=exc.status_code)
+    if isinstance(exc, RecursionError) and _raised_decoding_json(exc):
+        # A body (or a JSON form field) nested deeper than Python's recursion limit: the input's fault.
+        logger.warning("refused JSON nested too deeply to decode")
+        return Response(error_body(TOO_DEEP), status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound("Not found.")
     elif isinstance(exc, PermissionDenied):
@@ -139,3 +158,31 @@ def server_error(request: Any) -> Any:
         return JsonResponse(error_body("The server failed to answer this request; the failure is logged."),
                             status=500)
     return defaults.server_error(request)
+
+
+def _bad_request_message(exception: Exception | None) -> tuple[str, int]:
+    from django.conf import settings
+    from django.core.exceptions import DisallowedHost, RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
+
+    if isinstance(exception, DisallowedHost):
+        return "The Host header names a host this server does not answer to.", 400
+    if isinstance(exception, TooManyFieldsSent):
+        return (f"The request has more than {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS} form fields; "
+                "send fewer."), 400
+    if isinstance(exception, TooManyFilesSent):
+        return f"The request has more than {settings.DATA_UPLOAD_MAX_NUMBER_FILES} files; send fewer.", 400
+    if isinstance(exception, RequestDataTooBig):
+        return "The request's form fields are larger than the server accepts.", 413
+    return "The request is malformed.", 400
+
+
+def bad_request(request: Any, exception: Exception | None = None) -> Any:
+    """A request Django refuses before any view (bad Host, too many form fields or files, a broken
+    multipart body): JSON in the error format under the API's prefixes, Django's page elsewhere."""
+    from django.http import JsonResponse
+    from django.views import defaults
+
+    if request.path.startswith(API_PREFIXES):
+        message, code = _bad_request_message(exception)
+        return JsonResponse(error_body(message), status=code)
+    return defaults.bad_request(request, exception)

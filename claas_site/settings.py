@@ -34,6 +34,19 @@ def _env_rate(name: str, default: str) -> str | None:
     return value
 
 
+def _env_window(name: str, default: str) -> tuple[int, int] | None:
+    """A count per window such as "10/15min" -> (10, 900); "off" or empty means no limit."""
+    value = os.environ.get(name, default).strip().lower()
+    if value in {"", "off", "none", "0"}:
+        return None
+    match = re.fullmatch(r"(\d+)/(\d*)(s|sec|m|min|h|hour|d|day)", value)
+    if not match or int(match[1]) < 1 or match[2] == "0":
+        raise ValueError(f"{name} must look like 10/15min (a count per n s, min, hour or day) or be off; "
+                         f"it is {value!r}.")
+    unit_s = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600, "d": 86400, "day": 86400}
+    return int(match[1]), int(match[2] or 1) * unit_s[match[3]]
+
+
 def _env_list(name: str, default: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
@@ -149,6 +162,14 @@ else:
         }
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- sign-in limits (claas_site/login_limit.py): password attempts per username and per client address
+# in a window, counted in Django's cache; beyond them a sign-in answers 429, the right password too,
+# until the window ends. "off" lifts a limit. The address is REMOTE_ADDR: behind a proxy, run daphne
+# with --proxy-headers (or lift the address limit, as every client would share the proxy's).
+AUTHENTICATION_BACKENDS = ["claas_site.login_limit.LoginLimitedBackend"]
+LOGIN_FAILURES_PER_USERNAME = _env_window("CLAAS_LOGIN_FAILURES", "10/15min")
+LOGIN_FAILURES_PER_ADDRESS = _env_window("CLAAS_LOGIN_FAILURES_PER_IP", "50/15min")
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
