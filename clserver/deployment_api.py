@@ -122,7 +122,8 @@ class DeploymentUpdateApi(APIView):
 
 
 class DeploymentUpdateCancelApi(APIView):
-    @extend_schema(summary="Cancel a queued or running update; its data goes back to the buffer.", request=None,
+    @extend_schema(summary="Cancel a queued or running update, named by its `id` (its number within the "
+                   "deployment); its data goes back to the buffer.", request=None,
                    responses={202: UpdateRefSerializer, **ERRORS})
     def post(self, request: Request, name: str, update_id: int) -> Response:
         deployment = deployments.deployment_get(owner=request.user, name=name)

@@ -3,11 +3,33 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Max
 
 from clserver.models import ACTIVE_STATUSES, NAME_MAX_LENGTH, Experiment, JobStatus
 
 __all__ = ["Deployment", "DeploymentVersion", "DriftCheck", "DeploymentUpdate", "DeploymentBatch",
            "DeploymentEvent", "UpdateDecision", "UpdateTrigger", "VersionOrigin"]
+
+
+class NumberedPerDeployment(models.Model):
+    """A row numbered 1, 2, ... within its deployment: the number is what users see and name.
+
+    Primary keys are global sequences, so showing them would tell a tenant how many checks or
+    updates the other tenants ran; the key stays internal (jobs, foreign keys).
+    """
+
+    number = models.PositiveIntegerField(help_text="1, 2, ... within the deployment: the id users see.")
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        if self.number is None:
+            # Creators hold the deployment's row lock (select_for_update, IMMEDIATE transactions on
+            # SQLite), so two rows cannot take the same number; the unique constraint backs it up.
+            taken = type(self).objects.filter(deployment_id=self.deployment_id).aggregate(n=Max("number"))["n"]
+            self.number = (taken or 0) + 1
+        super().save(*args, **kwargs)
 
 
 class UpdateTrigger(models.TextChoices):
@@ -85,7 +107,7 @@ class DeploymentVersion(models.Model):
         return f"{self.deployment}@{self.version}"
 
 
-class DriftCheck(models.Model):
+class DriftCheck(NumberedPerDeployment):
     """One drift test of an ingested batch."""
 
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="drift_checks")
@@ -100,10 +122,11 @@ class DriftCheck(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        constraints = [models.UniqueConstraint(fields=["deployment", "number"], name="drift_check_unique_number")]
         ordering = ["id"]
 
 
-class DeploymentUpdate(models.Model):
+class DeploymentUpdate(NumberedPerDeployment):
     """A background update: champion + replay memory trained on buffered data, then validated."""
 
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="updates")
@@ -135,6 +158,8 @@ class DeploymentUpdate(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        constraints = [models.UniqueConstraint(fields=["deployment", "number"],
+                                               name="deployment_update_unique_number")]
         ordering = ["id"]
         indexes = [models.Index(fields=["status", "heartbeat_at"])]
 

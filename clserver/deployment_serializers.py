@@ -75,12 +75,12 @@ class DriftResultSerializer(serializers.Serializer):
     distance = serializers.FloatField(allow_null=True)
     threshold = serializers.FloatField(allow_null=True)
     detector = serializers.CharField()
-    check_id = serializers.IntegerField()
+    check_id = serializers.IntegerField(help_text="The check's number within the deployment (1, 2, ...).")
     details = serializers.DictField()
 
 
 class UpdateRefSerializer(serializers.Serializer):
-    id = serializers.IntegerField()
+    id = serializers.IntegerField(help_text="The update's number within the deployment (1, 2, ...).")
     status = serializers.CharField(help_text="queued, running, promoted, rejected, failed or cancelled.")
 
 

@@ -50,7 +50,8 @@ from clserver.deployments import (
 )
 from clserver.jobs import JobRunner, JobSuperseded
 from clserver.models import JobStatus
-from clserver.runner import kernels_deterministic, resolve_device
+from clserver.runner import kernels_deterministic, resolve_device, server_paths_hidden
+from clserver.selectors import text_paths_hidden
 from clserver.strategies import OPTIMIZERS, STRATEGIES
 
 logger = logging.getLogger(__name__)
@@ -159,7 +160,7 @@ class UpdateRun:
 
     def epoch_end(self, *, epoch: int, loss: float) -> None:
         deployment_event_record(deployment=self.deployment, type="update_progress", payload={
-            "update": self.update.id, "epoch": epoch, "epochs": self.training["epochs"], "loss": loss})
+            "update": self.update.number, "epoch": epoch, "epochs": self.training["epochs"], "loss": loss})
 
     def _track(self, fn: Any, **kwargs: Any) -> Any:
         """MLflow is a record, not the work: a tracking failure is reported and the update goes on."""
@@ -167,11 +168,11 @@ class UpdateRun:
             return fn(**kwargs)
         except Exception as exc:
             logger.warning("MLflow %s failed: %s", getattr(fn, "__name__", fn), exc, exc_info=True)
-            self.tracking_errors.append(f"{getattr(fn, '__name__', 'mlflow')}: {exc}"[:300])
+            self.tracking_errors.append(text_paths_hidden(f"{getattr(fn, '__name__', 'mlflow')}: {exc}")[:300])
             return None
 
     def run(self) -> None:
-        with kernels_deterministic(self.training.get("deterministic", False)):
+        with server_paths_hidden(), kernels_deterministic(self.training.get("deterministic", False)):
             self._run()
 
     def _run(self) -> None:
@@ -256,10 +257,10 @@ class UpdateRun:
                   cost: dict) -> str:
         d, update = self.deployment, self.update
         user = d.owner.username
-        started = self._track(tracking.run_start, username=user, run_name=f"deploy {d.name} update {update.id}",
-                              params={"deployment": d.name, "update": update.id, "trigger": update.trigger,
+        started = self._track(tracking.run_start, username=user, run_name=f"deploy {d.name} update {update.number}",
+                              params={"deployment": d.name, "update": update.number, "trigger": update.trigger,
                                       "base_version": update.base_version, **self.options},
-                              tags={"claas.user": user, "claas.deployment": d.name, "claas.update": str(update.id)})
+                              tags={"claas.user": user, "claas.deployment": d.name, "claas.update": str(update.number)})
         if started is None:
             return ""
         _, run_id = started
@@ -270,7 +271,7 @@ class UpdateRun:
         self._track(tracking.run_metrics, run_id=run_id, metrics=metrics, step=0)
         logged = self._track(tracking.model_log, run_id=run_id, model=model, input_example=example, name="model",
                              registered_name=registered_name(d),
-                             tags={"claas.deployment": d.name, "claas.update": str(update.id),
+                             tags={"claas.deployment": d.name, "claas.update": str(update.number),
                                    "claas.decision": decision})
         self._track(tracking.run_end, run_id=run_id, status="FINISHED")
         return (logged or {}).get("version", "")
@@ -291,7 +292,7 @@ class UpdateRun:
                 deployment=d, version=number, origin=VersionOrigin.UPDATE, decision=decision,
                 weights_file=str(weights_path.relative_to(settings.DATA_DIR)),
                 memory_file=str(memory_path.relative_to(settings.DATA_DIR)), memory_size=memory_size,
-                validation_accuracy=validation_accuracy, metrics={"update": update.id, **metrics},
+                validation_accuracy=validation_accuracy, metrics={"update": update.number, **metrics},
                 served_at=timezone.now() if promoted else None, mlflow_version=mlflow_version)
             if promoted:
                 d.champion_version = number
@@ -303,7 +304,7 @@ class UpdateRun:
                 raise JobSuperseded()
             self.update.candidate_version, self.update.decision, self.update.reason = number, decision, reason
             deployment_event_record(deployment=d, type="validated", payload={
-                "update": update.id, "decision": decision, "reason": reason, "candidate_version": number,
+                "update": update.number, "decision": decision, "reason": reason, "candidate_version": number,
                 "champion_version": d.champion_version, "champion_accuracy": metrics["champion"]["union"],
                 "candidate_accuracy": metrics["candidate"]["union"], "cost": cost})
         return number

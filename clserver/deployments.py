@@ -140,7 +140,8 @@ def deployment_events(*, deployment: Deployment, after: int = 0, limit: int = 10
 
 
 def check_as_dict(check: DriftCheck) -> dict[str, Any]:
-    return {"id": check.id, "created_at": check.created_at, "detector": check.detector,
+    # `number` counts within the deployment; the primary key is a global sequence and stays inside.
+    return {"id": check.number, "created_at": check.created_at, "detector": check.detector,
             "n_samples": check.n_samples, "is_drift": check.is_drift, "p_val": check.p_val,
             "distance": check.distance, "threshold": check.threshold,
             "champion_version": check.champion_version, "details": check.details}
@@ -149,14 +150,15 @@ def check_as_dict(check: DriftCheck) -> dict[str, Any]:
 def update_as_dict(update: DeploymentUpdate) -> dict[str, Any]:
     metrics = update.metrics or {}
     return {
-        "id": update.id, "status": update.outcome, "job_status": update.status, "decision": update.decision or None,
+        "id": update.number, "status": update.outcome, "job_status": update.status,
+        "decision": update.decision or None,
         "trigger": update.trigger, "reason": update.reason or None, "error": update.error or None,
         "base_version": update.base_version, "candidate_version": update.candidate_version,
         "n_samples": update.n_samples,
         "champion_accuracy": metrics.get("champion", {}).get("union"),
         "candidate_accuracy": metrics.get("candidate", {}).get("union"),
         "metrics": metrics, "cost": update.cost, "options": update.options, "attempts": update.attempts,
-        "drift_check": update.drift_check_id,
+        "drift_check": update.drift_check.number if update.drift_check_id else None,
         "created_at": update.created_at, "started_at": update.started_at, "finished_at": update.finished_at,
     }
 
@@ -207,7 +209,7 @@ def deployment_detail(*, deployment: Deployment) -> dict[str, Any]:
         "source_train_samples": deployment.source_train_samples,
         "drift_checks": [check_as_dict(c) for c in checks],
         "versions": versions,
-        "updates": [update_as_dict(u) for u in deployment.updates.order_by("id")],
+        "updates": [update_as_dict(u) for u in deployment.updates.select_related("drift_check").order_by("id")],
         "mlflow": {"registered_name": registered_name(deployment)},
         "urls": {
             "predict": f"/api/deployments/{deployment.name}/predict",
@@ -576,16 +578,16 @@ def deployment_ingest(*, deployment: Deployment, inputs: Any, labels: Any) -> di
             d.drift_pending = d.drift_pending or result.is_drift
             d.save(update_fields=["samples_seen", "drift_pending"])
             payload = {k: v for k, v in check_as_dict(check).items() if k not in ("id", "created_at")}
-            deployment_event_record(deployment=d, type="drift_check", payload={"check_id": check.id, **payload})
+            deployment_event_record(deployment=d, type="drift_check", payload={"check_id": check.number, **payload})
             update, message = _trigger(d, check)
     except BaseException:
         batch_path.unlink(missing_ok=True)
         raise
     return {
         "drift": {"is_drift": result.is_drift, "p_val": result.p_val, "distance": result.distance,
-                  "threshold": result.threshold, "detector": deployment.detector["name"], "check_id": check.id,
+                  "threshold": result.threshold, "detector": deployment.detector["name"], "check_id": check.number,
                   "details": result.details},
-        "update": {"id": update.id, "status": update.outcome} if update else None,
+        "update": {"id": update.number, "status": update.outcome} if update else None,
         "buffered": deployment_buffered(deployment=deployment),
         "trigger": message,
     }
@@ -610,11 +612,11 @@ def _trigger(d: Deployment, check: DriftCheck) -> tuple[DeploymentUpdate | None,
         return None, f"{what} {buffered} labelled samples are buffered; an update starts once {needed} are."
     active = d.updates.filter(status__in=ACTIVE_STATUSES).first()
     if active is not None:
-        return None, (f"Update {active.id} is still {active.status}; these samples wait in the buffer "
+        return None, (f"Update {active.number} is still {active.status}; these samples wait in the buffer "
                       "for the next one.")
     update = _update_start(d, trigger=trigger, options=opts, drift_check=check)
     why = "Drift detected" if trigger == UpdateTrigger.DRIFT else f"{buffered} samples since the last update"
-    return update, f"{why} with {update.n_samples} labelled samples buffered: update {update.id} is queued."
+    return update, f"{why} with {update.n_samples} labelled samples buffered: update {update.number} is queued."
 
 
 def _update_start(d: Deployment, *, trigger: str, options: dict[str, Any],
@@ -637,7 +639,7 @@ def _update_start(d: Deployment, *, trigger: str, options: dict[str, Any],
 
 
 def update_event_payload(update: DeploymentUpdate) -> dict[str, Any]:
-    return {"update": update.id, "status": update.outcome, "trigger": update.trigger,
+    return {"update": update.number, "status": update.outcome, "trigger": update.trigger,
             "n_samples": update.n_samples, "base_version": update.base_version,
             "candidate_version": update.candidate_version, "reason": update.reason or None}
 
@@ -650,7 +652,7 @@ def deployment_update_request(*, deployment: Deployment, raw: Any) -> Deployment
         d = Deployment.objects.select_for_update().select_related("owner").get(pk=deployment.pk)
         active = d.updates.filter(status__in=ACTIVE_STATUSES).first()
         if active is not None:
-            raise Conflict(f"Update {active.id} of deployment '{d.name}' is already {active.status}.")
+            raise Conflict(f"Update {active.number} of deployment '{d.name}' is already {active.status}.")
         buffered = deployment_buffered(deployment=d)
         if buffered < options["min_samples"]:
             raise Conflict(f"Only {buffered} labelled samples are buffered; an update needs at least "
@@ -660,8 +662,9 @@ def deployment_update_request(*, deployment: Deployment, raw: Any) -> Deployment
 
 
 def deployment_update_cancel(*, deployment: Deployment, update_id: int) -> DeploymentUpdate:
+    """Cancel the deployment's update number `update_id` (its number within the deployment, as shown)."""
     with transaction.atomic():
-        update = DeploymentUpdate.objects.select_for_update().filter(deployment=deployment, pk=update_id).first()
+        update = DeploymentUpdate.objects.select_for_update().filter(deployment=deployment, number=update_id).first()
         if update is None:
             raise NotFound(f"Deployment '{deployment.name}' has no update {update_id}.")
         if update.status == JobStatus.QUEUED:

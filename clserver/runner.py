@@ -32,6 +32,7 @@ from clserver import metrics, tracking
 from clserver.benchmarks import benchmark_source
 from clserver.events import experiment_event_record, json_safe
 from clserver.models import Experiment
+from clserver.selectors import text_paths_hidden
 from clserver.streams import Stream
 from clserver.strategies import OPTIMIZERS, STRATEGIES
 from clserver.tensor_batches import TensorBatchesPlugin
@@ -49,6 +50,19 @@ def resolve_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"This worker has no CUDA device for training.device '{device}'.")
     return torch.device(device)
+
+
+@contextlib.contextmanager
+def server_paths_hidden() -> Iterator[None]:
+    """A job's error becomes a message users read: paths in it are given relative to the data dir."""
+    try:
+        yield
+    except Exception as exc:
+        text = str(exc)
+        hidden = text_paths_hidden(text)
+        if hidden == text:
+            raise
+        raise RuntimeError(hidden) from exc
 
 
 @contextlib.contextmanager
@@ -250,12 +264,12 @@ class ExperimentRun:
             return fn(**kwargs)
         except Exception as exc:
             logger.warning("MLflow %s failed: %s", fn.__name__, exc, exc_info=True)
-            self.tracking_errors.append(f"{fn.__name__}: {exc}"[:300])
+            self.tracking_errors.append(text_paths_hidden(f"{fn.__name__}: {exc}")[:300])
             return None
 
     # --- the run -------------------------------------------------------------------------
     def run(self) -> None:
-        with kernels_deterministic(self.training.get("deterministic", False)):
+        with server_paths_hidden(), kernels_deterministic(self.training.get("deterministic", False)):
             self._run()
 
     def _run(self) -> None:
@@ -458,7 +472,8 @@ class ExperimentRun:
         torch.save(cpu_state, final_path)
         results = self._results(state, sizes, complete=True)
         model_info: dict[str, Any] = {
-            "save_path": str(final_path),
+            # Relative to the data dir: the operator resolves it; a user learns nothing of the server's layout.
+            "save_path": str(final_path.relative_to(settings.DATA_DIR)),
             "download_url": f"/api/experiments/{name}/model",
             "mlflow_uri": None,
             "architecture": self.options["model"]["architecture"],

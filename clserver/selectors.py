@@ -1,8 +1,11 @@
 """Reads of the CL server."""
 from __future__ import annotations
 
+import re
+from pathlib import Path, PurePath
 from typing import Any
 
+from django.conf import settings
 from django.db.models import QuerySet
 
 from claas_site.errors import Forbidden, NotFound
@@ -13,6 +16,26 @@ def path_user_check(*, user: Any, username: str) -> None:
     """`<username>` in a path must be the caller."""
     if user.username != username:
         raise Forbidden("The username in the path is not the authenticated user.")
+
+
+def path_public(path: str) -> str:
+    """A stored file's path as users see it: relative to the data dir (results written before
+    paths were stored that way held absolute ones); never an absolute server path."""
+    pure = PurePath(path)
+    if not pure.is_absolute():
+        return path
+    try:
+        return str(pure.relative_to(settings.DATA_DIR))
+    except ValueError:
+        return pure.name
+
+
+def text_paths_hidden(text: str) -> str:
+    """`text` (an error message) with paths under the data dir made relative to it."""
+    for root in {str(settings.DATA_DIR), str(Path(settings.DATA_DIR).resolve())}:
+        # The root itself, not a longer name that starts with it (/data/x, not /data/x2).
+        text = re.sub(re.escape(root) + r"(/|(?![\w-]|\.\w))", lambda m: "" if m.group(1) else ".", text)
+    return text
 
 
 def experiment_list(*, owner: Any) -> QuerySet[Experiment]:
@@ -42,7 +65,7 @@ def experiment_status(*, experiment: Experiment) -> dict[str, Any]:
         "n_experiences": n_exp,
         "epochs": epochs,
         "attempts": experiment.attempts,
-        "error": experiment.error or None,
+        "error": text_paths_hidden(experiment.error) or None,
         "started_at": experiment.started_at,
         "finished_at": experiment.finished_at,
     }
@@ -61,10 +84,12 @@ def experiment_results(*, experiment: Experiment) -> dict[str, Any]:
         "mlflow": None,
         **experiment.results,
     }
+    if isinstance(body["model"], dict) and "save_path" in body["model"]:
+        body["model"] = {**body["model"], "save_path": path_public(body["model"]["save_path"])}
     body["status"] = experiment.status
     body["progress"] = round(experiment.progress, 4)
     if experiment.error:
-        body["error"] = experiment.error
+        body["error"] = text_paths_hidden(experiment.error)
     return body
 
 

@@ -60,7 +60,9 @@ def test_ensemble_keeps_one_expert_per_experience(transactional_db, user):
     import torch
 
     experiment = run_job(user, "ensemble-experts", {**SMALL, "strategy": {"name": "ensemble"}})
-    state = torch.load(experiment.results["model"]["save_path"], weights_only=True)
+    from django.conf import settings
+
+    state = torch.load(settings.DATA_DIR / experiment.results["model"]["save_path"], weights_only=True)
     experts = {key.split(".")[1] for key in state if key.startswith("experts.")}
     assert experts == {"0", "1"}
     # The most-confident expert keeps both halves of the classes alive, unlike naive fine-tuning.

@@ -59,11 +59,13 @@ def test_classic_phenomena_of_continual_learning(carol, strategy, low, high):
         assert metrics["forgetting"] > 0.5 and metrics["bwt"] < -0.5
 
 
-def test_results_model_loads_into_the_architecture_and_downloads(carol, tmp_path):
+def test_results_model_loads_into_the_architecture_and_downloads(service, carol, tmp_path):
     results = run_experiment(carol, "model-file", {"name": "replay", "params": {"mem_size": 100}},
                              training={**QUALITY["training"], "epochs": 2})
     model_info = results["model"]
-    state = torch.load(model_info["save_path"], weights_only=True)
+    # save_path is relative to the data dir: the operator resolves it, users never see server paths.
+    assert not os.path.isabs(model_info["save_path"])
+    state = torch.load(service.data_dir / model_info["save_path"], weights_only=True)
     model = architecture_build(architecture="simple_mlp", params=results["config"]["model"]["params"])
     model.load_state_dict(state)
     download = carol.get(model_info["download_url"])

@@ -105,7 +105,7 @@ def world(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[Worl
         owner_browser.force_login(owner)
         other_browser.force_login(other)
         state = World(owner, other, owner_api, other_api, APIClient(), other_browser, owner_browser,
-                      other_browser.cookies[settings.SESSION_COOKIE_NAME].value, update.id, files)
+                      other_browser.cookies[settings.SESSION_COOKIE_NAME].value, update.number, files)
         state.snapshot = snapshot(owner)
         try:
             yield state

@@ -84,7 +84,7 @@ def test_base_scenario_runs_on_two_worker_processes_at_once(scaled, dana, tmp_pa
     assert download.status_code == 200
     (tmp_path / "model.pt").write_bytes(download.content)
     assert set(torch.load(tmp_path / "model.pt", weights_only=True)) == set(
-        torch.load(replay["model"]["save_path"], weights_only=True))
+        torch.load(scaled.service.data_dir / replay["model"]["save_path"], weights_only=True))
 
 
 class GroupTap(AsyncJsonWebsocketConsumer):
