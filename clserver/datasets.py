@@ -1,11 +1,15 @@
 """Uploaded datasets: parse NPZ or CSV safely, validate, store as a normalised NPZ."""
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import math
 import uuid
 import zipfile
+import zlib
+from array import array
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,12 +37,14 @@ def _check_arrays(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]
         raise InvalidInput("The dataset needs at least 2 samples.")
     if len(y) > settings.MAX_DATASET_ROWS:
         raise InvalidInput(f"The dataset has {len(y)} rows; at most {settings.MAX_DATASET_ROWS} are allowed.")
+    if math.prod(x.shape[1:]) == 0:
+        raise InvalidInput(f"x has no features (shape {list(x.shape)}); each sample needs at least one value.")
     x = x.reshape(len(x), -1)
     if x.shape[1] > settings.MAX_DATASET_COLUMNS:
         raise InvalidInput(f"The dataset has {x.shape[1]} features; at most {settings.MAX_DATASET_COLUMNS} are allowed.")
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
         raise InvalidInput(f"x must be numeric; it has dtype {x.dtype}.")
-    x = x.astype(np.float32)
+    x = x.astype(np.float32, copy=False)  # a CSV's values are float32 already: no second copy
     if not np.isfinite(x).all():
         bad = int((~np.isfinite(x)).any(axis=1).sum())
         raise InvalidInput(f"x contains NaN or infinite values in {bad} rows.", details={"rows_with_nan_or_inf": bad})
@@ -55,68 +61,153 @@ def _check_arrays(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return x, y
 
 
+NPZ_KEYS = ("x", "y")
 NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+ZIP_DIRECTORY_LIMIT = 64 * 1024  # two members take ~150 bytes; ZipFile holds ~6x the directory in objects
+READ_CHUNK = 1024 * 1024
+NOT_NPZ = "The file is not a readable NPZ archive."
+PICKLED = "The NPZ file holds pickled objects, which are refused; store plain numeric arrays."
 
 
-def _npz_unpacked_check(raw: bytes) -> None:
-    """Read only the headers of x and y and refuse what would unpack beyond the upload limit.
+@dataclass(frozen=True)
+class _NpyMember:
+    key: str
+    info: zipfile.ZipInfo
+    shape: tuple[int, ...]
+    fortran: bool
+    dtype: np.dtype
+    data_offset: int  # bytes of magic and header before the array data
 
-    A compressed NPZ of a few megabytes can unpack to many gigabytes; numpy would allocate
-    them before any other check could run.
-    """
-    limit = settings.MAX_UPLOAD_BYTES
-    total = 0
-    with zipfile.ZipFile(io.BytesIO(raw)) as archive:
-        names = set(archive.namelist())
-        for key in ("x", "y"):
-            member = f"{key}.npy" if f"{key}.npy" in names else key
-            if member not in names:
-                continue  # reported by the caller with the arrays that are there
-            with archive.open(member) as stream:
-                try:
-                    read_header = NPY_HEADER_READERS[np.lib.format.read_magic(stream)]
-                    shape, _, dtype = read_header(stream)
-                except (ValueError, KeyError, EOFError):
-                    raise InvalidInput(f"Array '{key}' of the NPZ file is not a plain numpy array.")
-            if dtype.hasobject:
-                raise InvalidInput("The NPZ file holds pickled objects, which are refused; store plain numeric arrays.")
-            total += math.prod(shape) * dtype.itemsize
-    if total > limit:
-        raise PayloadTooLarge(f"The NPZ arrays unpack to {total} bytes; the limit is {limit} bytes.",
-                              details={"unpacked_bytes": total, "limit_bytes": limit})
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+def _npz_member_name(names: list[str], key: str) -> str | None:
+    """The member numpy's NpzFile reads for `key`: the exact name first, then `key.npy` (numpy 1.26 and 2.x)."""
+    if key in names:
+        return key
+    return f"{key}.npy" if f"{key}.npy" in names else None
+
+
+def _npz_members(archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
+    """The members x and y resolve to, refusing archives whose other members could be read instead."""
+    infos = archive.infolist()
+    names = [info.filename for info in infos]
+    if len(set(names)) != len(names):
+        raise InvalidInput("The NPZ file holds two members with the same name; store each array once.")
+    resolved = {key: _npz_member_name(names, key) for key in NPZ_KEYS}
+    missing = [key for key, name in resolved.items() if name is None]
+    if missing:
+        raise InvalidInput(f"The NPZ file must hold arrays 'x' and 'y'; '{missing[0]}' is missing.",
+                           details={"arrays": [n[:-4] if n.endswith(".npy") else n for n in names][:20]})
+    unused = [name for name in names if name not in resolved.values()]
+    if unused:
+        raise InvalidInput(f"The NPZ file holds members besides x and y ({', '.join(unused[:5])[:200]}); "
+                           "store only the arrays x and y.", details={"unused_members": len(unused)})
+    return {key: archive.getinfo(name) for key, name in resolved.items()}
+
+
+def _npy_header(archive: zipfile.ZipFile, key: str, info: zipfile.ZipInfo) -> _NpyMember:
+    """Read only the magic and header of one member: a few kilobytes at most, whatever it declares."""
+    if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise InvalidInput(f"Array '{key}' of the NPZ file is encrypted or compressed with a method other than "
+                           "deflate; save it with numpy.savez or numpy.savez_compressed.")
+    with archive.open(info) as stream:
+        try:
+            read_header = NPY_HEADER_READERS[np.lib.format.read_magic(stream)]
+            shape, fortran, dtype = read_header(stream)
+        except (ValueError, KeyError, EOFError, SyntaxError):
+            raise InvalidInput(f"Array '{key}' of the NPZ file is not a plain numpy array.")
+        data_offset = stream.tell()
+    if dtype.hasobject:
+        raise InvalidInput(PICKLED)
+    if dtype.itemsize == 0 or any(n < 0 for n in shape):
+        raise InvalidInput(f"Array '{key}' of the NPZ file is not a plain numpy array.")
+    return _NpyMember(key, info, tuple(shape), bool(fortran), dtype, data_offset)
+
+
+def _npy_read(archive: zipfile.ZipFile, member: _NpyMember) -> np.ndarray:
+    """Inflate exactly the bytes the header declares into one buffer, in chunks; more or fewer is refused."""
+    nbytes = member.nbytes
+    buffer = np.empty(nbytes, dtype=np.uint8)
+    view = memoryview(buffer)
+    got = 0
+    with archive.open(member.info) as stream:
+        stream.read(member.data_offset)
+        while got < nbytes:
+            chunk = stream.read(min(READ_CHUNK, nbytes - got))
+            if not chunk:
+                raise InvalidInput(f"Array '{member.key}' of the NPZ file is shorter than its header says.")
+            view[got:got + len(chunk)] = chunk
+            got += len(chunk)
+        if stream.read(1):  # never more than one byte past the header's size; at the end zipfile checks the CRC
+            raise InvalidInput(f"Array '{member.key}' of the NPZ file is longer than its header says.")
+    array = buffer.view(member.dtype)
+    return array.reshape(member.shape[::-1]).T if member.fortran else array.reshape(member.shape)
 
 
 def _parse_npz(raw: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Read x and y ourselves, every size bounded before anything is inflated.
+
+    numpy.load trusts the archive: a compressed member of a few megabytes can unpack to gigabytes,
+    a member that is not an array is inflated whole, and the member it reads for `x` can be another
+    than the one a check looked at. Here the zip directory, then each member's .npy header, are
+    checked against the upload limit and against each other before one byte of data is inflated,
+    and the inflating stops at the size the header declares.
+    """
+    limit = settings.MAX_UPLOAD_BYTES
     try:
-        _npz_unpacked_check(raw)
-        with np.load(io.BytesIO(raw), allow_pickle=False) as data:
-            missing = [k for k in ("x", "y") if k not in data.files]
-            if missing:
-                raise InvalidInput(f"The NPZ file must hold arrays 'x' and 'y'; '{missing[0]}' is missing.",
-                                   details={"arrays": list(data.files)})
-            return np.asarray(data["x"]), np.asarray(data["y"])
-    except ValueError as exc:
-        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
-            raise InvalidInput("The NPZ file holds pickled objects, which are refused; store plain numeric arrays.")
-        raise InvalidInput("The file is not a readable NPZ archive.")
-    except (zipfile.BadZipFile, OSError, EOFError):
-        raise InvalidInput("The file is not a readable NPZ archive.")
+        end = zipfile._EndRecData(io.BytesIO(raw))  # what ZipFile itself reads the directory's size from
+        if end is None:
+            raise InvalidInput(NOT_NPZ)
+        if end[zipfile._ECD_SIZE] > ZIP_DIRECTORY_LIMIT:
+            raise InvalidInput("The NPZ file's directory is too large for an archive of the arrays x and y.",
+                               details={"directory_bytes": end[zipfile._ECD_SIZE], "limit_bytes": ZIP_DIRECTORY_LIMIT})
+        with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+            members = [_npy_header(archive, key, info) for key, info in _npz_members(archive).items()]
+            total = sum(m.nbytes for m in members)
+            if total > limit:
+                raise PayloadTooLarge(f"The NPZ arrays unpack to {total} bytes; the limit is {limit} bytes.",
+                                      details={"unpacked_bytes": total, "limit_bytes": limit})
+            for m in members:
+                if m.info.file_size != m.data_offset + m.nbytes:
+                    raise InvalidInput(
+                        f"Array '{m.key}' of the NPZ file has {m.info.file_size} bytes in the archive but its header "
+                        f"describes {m.data_offset + m.nbytes}; the archive is inconsistent.",
+                        details={"array": m.key})
+            x, y = (_npy_read(archive, m) for m in members)
+            return x, y
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError, RuntimeError, ValueError):
+        # Never the exception's text: it may name the member's bytes or a path.
+        raise InvalidInput(NOT_NPZ)
+
+
+def _utf8_check(raw: bytes) -> None:
+    """Refuse text that is not UTF-8 before parsing, without holding a decoded copy of the file."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    view = memoryview(raw)
+    try:
+        for start in range(0, len(raw), READ_CHUNK):
+            decoder.decode(view[start:start + READ_CHUNK], final=start + READ_CHUNK >= len(raw))
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise InvalidInput("The CSV file is not UTF-8 text.")
 
 
 def _parse_csv(raw: bytes, label_column: str) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise InvalidInput("The CSV file is not UTF-8 text.")
+    _utf8_check(raw)
+    # Decoded a chunk at a time; newline="": a lone carriage return ends a line, as in files from old Mac tools.
+    text = io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8-sig", newline="")
     try:
         return _parse_csv_text(text, label_column)
     except csv.Error as exc:  # e.g. a field over the csv module's size limit
         raise InvalidInput(f"The CSV file could not be read: {exc}.")
 
 
-def _parse_csv_text(text: str, label_column: str) -> tuple[np.ndarray, np.ndarray]:
-    # newline="": a lone carriage return ends a line, as in files from old Mac tools.
-    reader = csv.reader(io.StringIO(text, newline=""))
+def _parse_csv_text(text: io.TextIOBase, label_column: str) -> tuple[np.ndarray, np.ndarray]:
+    """Values go straight into a float32 array (4 bytes each), never into lists of Python floats (~32 bytes each)."""
+    reader = csv.reader(text)
     header = next(reader, None)
     if not header:
         raise InvalidInput("The CSV file is empty; it needs a header row.")
@@ -126,25 +217,28 @@ def _parse_csv_text(text: str, label_column: str) -> tuple[np.ndarray, np.ndarra
     if label_column not in header:
         raise InvalidInput(f"The CSV file has no column '{label_column}' (columns: {', '.join(header[:10])}).",
                            details={"label_column": label_column})
+    if len(header) < 2:
+        raise InvalidInput(f"The CSV file needs at least one feature column besides '{label_column}'.")
     label_at = header.index(label_column)
-    rows: list[list[float]] = []
-    labels: list[float] = []
+    values = array("f")
+    labels = array("d")  # float64, as before: 1.00000001 is not a class label
     for line_no, row in enumerate(reader, start=2):
         if not row or all(not cell.strip() for cell in row):
             continue
-        if len(rows) >= settings.MAX_DATASET_ROWS:
+        if len(labels) >= settings.MAX_DATASET_ROWS:
             raise InvalidInput(f"The CSV file has more than {settings.MAX_DATASET_ROWS} rows.")
         if len(row) != len(header):
             raise InvalidInput(f"CSV line {line_no} has {len(row)} fields; the header has {len(header)}.")
         try:
-            values = [float(cell) for cell in row]
+            label = float(row.pop(label_at))
+            values.extend(map(float, row))  # each value rounded once from float64 to float32, as astype does
         except ValueError:
             raise InvalidInput(f"CSV line {line_no} has a non-numeric value.", details={"line": line_no})
-        labels.append(values.pop(label_at))
-        rows.append(values)
-    if not rows:
+        labels.append(label)
+    if not labels:
         raise InvalidInput("The CSV file has a header but no data rows.")
-    return np.asarray(rows, dtype=np.float64), np.asarray(labels, dtype=np.float64)
+    x = np.frombuffer(values, dtype=np.float32).reshape(len(labels), len(header) - 1)
+    return x, np.frombuffer(labels, dtype=np.float64)
 
 
 def dataset_create(*, owner: Any, name: str, file: UploadedFile, label_column: str = "label") -> Dataset:
@@ -152,7 +246,9 @@ def dataset_create(*, owner: Any, name: str, file: UploadedFile, label_column: s
         raise PayloadTooLarge(f"The file is {file.size} bytes; the limit is {settings.MAX_UPLOAD_BYTES} bytes.")
     if Dataset.objects.filter(owner=owner, name=name).exists():
         raise Conflict(f"A dataset named '{name}' exists already.")
-    raw = file.read(settings.MAX_UPLOAD_BYTES + 1)
+    # Never read(limit + 1) from a file on disk: Python allocates the whole limit (200 MB) before reading.
+    want = settings.MAX_UPLOAD_BYTES if file.size is None else min(file.size, settings.MAX_UPLOAD_BYTES)
+    raw = file.read(want + 1)
     if len(raw) > settings.MAX_UPLOAD_BYTES:
         raise PayloadTooLarge(f"The file is larger than the limit of {settings.MAX_UPLOAD_BYTES} bytes.")
     if raw[:4] == b"PK\x03\x04":
