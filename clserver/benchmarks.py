@@ -162,7 +162,8 @@ def _missing_files(folder: Path, names: list[str], allow_gz: bool) -> list[str]:
     for name in names:
         candidates = [folder / name] + ([folder / f"{name}.gz"] if allow_gz else [])
         if not any(c.is_file() for c in candidates):
-            missing.append(str(folder / name))
+            # relative to CLAAS_DATASET_ROOT: the message goes to users, the server's own paths never do
+            missing.append(str((folder / name).relative_to(settings.DATASET_ROOT)))
     return missing
 
 
@@ -170,8 +171,8 @@ def _require(folder: Path, names: list[str], allow_gz: bool, label: str) -> None
     missing = _missing_files(folder, names, allow_gz)
     if missing:
         raise InvalidInput(
-            f"{label} is not available offline: missing {', '.join(missing)} "
-            f"(put torchvision's files under CLAAS_DATASET_ROOT; CLaaS never downloads).",
+            f"{label} is not available offline: missing {', '.join(missing)} under CLAAS_DATASET_ROOT "
+            f"(put torchvision's files there; CLaaS never downloads).",
             details={"missing_files": missing})
 
 

@@ -54,6 +54,8 @@ def test_missing_torchvision_files_are_named_and_nothing_downloads(settings, tmp
         benchmark_source(name="split_mnist", params={"n_experiences": 5}, owner=None)
     assert "MNIST/raw/train-images-idx3-ubyte" in err.value.message
     assert "never downloads" in err.value.message
+    # The message goes to users: the files are named under CLAAS_DATASET_ROOT, never by the server's path.
+    assert str(tmp_path) not in err.value.message and str(tmp_path) not in str(err.value.details)
     assert len(err.value.details["missing_files"]) == 4
     assert not any(tmp_path.iterdir())
 
