@@ -195,6 +195,9 @@ WHITENOISE_USE_FINDERS = True
 MAX_UPLOAD_BYTES = _env_int("CLAAS_MAX_UPLOAD_BYTES", 200 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+# Anonymous request bodies (issue 13, claas_site/body_limit.py): a body over this many bytes, or of
+# unknown length, is read only with a valid token or session; otherwise 401 before it is read.
+MAX_ANONYMOUS_BODY_BYTES = _env_int("CLAAS_MAX_ANONYMOUS_BODY_BYTES", 64 * 1024)
 MAX_DATASET_ROWS = _env_int("CLAAS_MAX_DATASET_ROWS", 1_000_000)
 MAX_DATASET_COLUMNS = _env_int("CLAAS_MAX_DATASET_COLUMNS", 4096)
 # Largest model a user may describe (registered or trained); 0 lifts the limit. 200M float32 = 800 MB.

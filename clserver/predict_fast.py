@@ -8,9 +8,13 @@ inputs go through the same validation (`deployment_data.inputs_parse`), the mode
 same cache (`deployment_serving`), and the answer is the same JSON with the same headers; the
 query and the forward pass run on a small thread pool, so concurrent clients are served at once.
 
-Only the plain successful case is taken here. Anything else (no token, session cookies, an
-unknown token or deployment, invalid inputs, a body over the limit, a host not allowed) is handed
-to Django unchanged, body included, which answers exactly as before, errors in the API's format.
+Only the plain successful case of an unambiguous request is taken here: no query string, no
+cookies, exactly one Authorization, Host and Content-Type header, the body JSON in UTF-8, and an
+Accept header (if any) that asks for JSON. Anything else (no token, session cookies, repeated
+headers, which Django joins into values it refuses, another content type, charset or renderer,
+an unknown token or deployment, invalid inputs, a body over the limit, a host not allowed) is
+handed to Django unchanged, body included, which answers exactly as it would without this layer
+(tests/clserver/test_predict_fast_agreement.py), errors in the API's format.
 `CLAAS_PREDICT_FAST_PATH=0` turns the layer off.
 """
 from __future__ import annotations
@@ -36,6 +40,18 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 PATH = re.compile(r"^/api/deployments/(?P<name>[^/]+)/predict$")
 TOKEN_PREFIX = b"token "
+# What DRF's JSONParser reads as UTF-8 JSON (other charsets, and other types it refuses, go to Django).
+JSON_TYPES = frozenset({b"application/json", b"application/json; charset=utf-8", b"application/json;charset=utf-8"})
+# Accept values for which DRF's negotiation picks the JSON renderer with no parameters (no indent).
+JSON_ACCEPTS = frozenset({b"*/*", b"application/json"})
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # as DRF's parser: NaN and Infinity are refused
+
+
+# The same reading as DRF's JSONParser: strict UTF-8 text (no BOM), no NaN or Infinity.
+JSON_DECODER = json.JSONDecoder(parse_constant=_no_constant)
 
 
 def _headers() -> list[tuple[bytes, bytes]]:
@@ -115,6 +131,10 @@ class PredictFastPath:
         self.executor = ThreadPoolExecutor(max_workers=threads or settings.PREDICT_THREADS,
                                            thread_name_prefix="predict")
         self.headers = _headers()
+        proxy = settings.SECURE_PROXY_SSL_HEADER
+        # (header as ASGI names it, value meaning https): Django's is_secure reads it in place of the scheme.
+        self.proxy_ssl = ((proxy[0].removeprefix("HTTP_").replace("_", "-").lower().encode(), proxy[1].encode())
+                          if proxy else None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         match = PATH.match(scope.get("path", "")) if scope["type"] == "http" else None
@@ -144,18 +164,42 @@ class PredictFastPath:
 
     # --- the request ---------------------------------------------------------------------------
     def _token(self, scope: Scope) -> str | None:
-        """The token of an `Authorization: Token ...` request from an allowed host, with no cookies."""
-        authorization = host = None
+        """The token of an unambiguous `Authorization: Token ...` request from an allowed host; None hands
+        the request to Django. One pass over the headers; a repeated header is Django's to refuse."""
+        if scope.get("query_string"):
+            return None  # DRF reads `?format=` to pick a renderer
+        authorization = host = content_type = accept = forwarded = None
+        proxy = self.proxy_ssl[0] if self.proxy_ssl else None
         for key, value in scope.get("headers", []):
             if key == b"authorization":
+                if authorization is not None:
+                    return None
                 authorization = value
             elif key == b"host":
+                if host is not None:
+                    return None
                 host = value
+            elif key == b"content-type":
+                if content_type is not None:
+                    return None
+                content_type = value
+            elif key == b"accept":
+                if accept is not None:
+                    return None
+                accept = value
             elif key == b"cookie":
                 return None  # a browser session: Django decides (CSRF, session auth)
+            elif key == proxy:
+                if forwarded is not None:
+                    return None
+                forwarded = value
+        if content_type not in JSON_TYPES and (content_type is None or content_type.lower() not in JSON_TYPES):
+            return None
+        if accept is not None and accept not in JSON_ACCEPTS:
+            return None
         if not authorization or authorization[:len(TOKEN_PREFIX)].lower() != TOKEN_PREFIX:
             return None
-        if not self._host_allowed(host, scope):
+        if not self._host_allowed(host, scope, forwarded):
             return None
         token = authorization[len(TOKEN_PREFIX):].strip()
         if not token or b" " in token:
@@ -165,8 +209,8 @@ class PredictFastPath:
         except UnicodeDecodeError:
             return None
 
-    def _host_allowed(self, host: bytes | None, scope: Scope) -> bool:
-        if settings.SECURE_SSL_REDIRECT and not self._secure(scope):
+    def _host_allowed(self, host: bytes | None, scope: Scope, forwarded: bytes | None) -> bool:
+        if settings.SECURE_SSL_REDIRECT and not self._secure(scope, forwarded):
             return False
         if host is None:
             return False
@@ -176,16 +220,11 @@ class PredictFastPath:
             allowed = [".localhost", "127.0.0.1", "[::1]"]
         return bool(domain) and validate_host(domain, allowed)
 
-    @staticmethod
-    def _secure(scope: Scope) -> bool:
-        if scope.get("scheme") == "https":
-            return True
-        header = settings.SECURE_PROXY_SSL_HEADER
-        if not header:
-            return False
-        name = header[0].removeprefix("HTTP_").replace("_", "-").lower().encode()
-        return any(k == name and v.split(b",")[0].strip() == header[1].encode()
-                   for k, v in scope.get("headers", []))
+    def _secure(self, scope: Scope, forwarded: bytes | None) -> bool:
+        """As Django's `is_secure`: the proxy's header when configured and sent, else the scheme."""
+        if self.proxy_ssl and forwarded is not None:
+            return forwarded.split(b",", 1)[0].strip() == self.proxy_ssl[1]
+        return scope.get("scheme") == "https"
 
     @staticmethod
     async def _read_body(receive: Receive) -> tuple[bytes, bool]:
@@ -231,8 +270,8 @@ class PredictFastPath:
         from clserver.deployment_data import inputs_parse
 
         try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+            payload = JSON_DECODER.decode(body.decode("utf-8"))
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             return None
         if not isinstance(payload, dict) or set(payload) != {"inputs"}:
             return None

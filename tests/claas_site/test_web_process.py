@@ -1,4 +1,5 @@
-"""The web process lets go of finished requests at once and keeps long-lived objects out of the collector."""
+"""The web process lets go of finished requests at once, keeps long-lived objects out of the collector, and
+hooks only the daphne release its hooks were written for."""
 from __future__ import annotations
 
 import asyncio
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 from daphne.server import Server
 
-from claas_site import daphne_reaping
+from claas_site import body_limit, daphne_reaping
 from clserver.deployment_serving import LruCache
 from tests.service import ROOT
 
@@ -132,3 +133,26 @@ def test_a_process_that_froze_its_objects_still_exits_cleanly():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "leaked" not in done.stderr, done.stderr
+
+
+def test_the_daphne_hooks_were_written_for_the_installed_daphne_and_twisted():
+    """claas_site/body_limit.py and daphne_reaping.py mirror these releases' internals: a new release fails
+    here (and the web process refuses to start) until the hooks are checked against it."""
+    import daphne
+    import twisted
+
+    assert daphne.__version__ == body_limit.DAPHNE_VERSION
+    assert twisted.__version__.startswith(body_limit.TWISTED_MAJOR)
+    body_limit.daphne_version_check()
+
+
+def test_another_daphne_release_stops_the_web_process_from_starting(monkeypatch):
+    import daphne
+    from daphne.http_protocol import WebRequest
+
+    monkeypatch.setattr(daphne, "__version__", "4.3.0")
+    monkeypatch.delattr(WebRequest, "_claas_body_limit", raising=False)
+    hooked = WebRequest.gotLength
+    with pytest.raises(RuntimeError, match="hook daphne 4.2.3 .* this is daphne 4.3.0"):
+        body_limit.daphne_install()
+    assert WebRequest.gotLength is hooked  # nothing was hooked half-way
