@@ -18,7 +18,7 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, transaction
 
 from claas_site.errors import Conflict, InvalidInput, PayloadTooLarge
-from claas_site.quotas import quota_stored_bytes_check
+from claas_site.quotas import quota_count_check, quota_stored_bytes_check
 from clserver.models import Dataset, Experiment
 from clserver.selectors import dataset_get
 
@@ -166,7 +166,9 @@ def _parse_npz(raw: bytes) -> tuple[np.ndarray, np.ndarray]:
                                details={"directory_bytes": end[zipfile._ECD_SIZE], "limit_bytes": ZIP_DIRECTORY_LIMIT})
         with zipfile.ZipFile(io.BytesIO(raw)) as archive:
             members = [_npy_header(archive, key, info) for key, info in _npz_members(archive).items()]
-            total = sum(m.nbytes for m in members)
+            # What the arrays take once converted (x to float32, y to int64), not only as stored: a
+            # compressed uint8 or bool x would otherwise grow 4x past the limit after it was checked.
+            total = sum(math.prod(m.shape) * max(m.dtype.itemsize, 4 if m.key == "x" else 8) for m in members)
             if total > limit:
                 raise PayloadTooLarge(f"The NPZ arrays unpack to {total} bytes; the limit is {limit} bytes.",
                                       details={"unpacked_bytes": total, "limit_bytes": limit})
@@ -246,6 +248,7 @@ def dataset_create(*, owner: Any, name: str, file: UploadedFile, label_column: s
         raise PayloadTooLarge(f"The file is {file.size} bytes; the limit is {settings.MAX_UPLOAD_BYTES} bytes.")
     if Dataset.objects.filter(owner=owner, name=name).exists():
         raise Conflict(f"A dataset named '{name}' exists already.")
+    quota_count_check(owner=owner, kind="datasets")
     # Never read(limit + 1) from a file on disk: Python allocates the whole limit (200 MB) before reading.
     want = settings.MAX_UPLOAD_BYTES if file.size is None else min(file.size, settings.MAX_UPLOAD_BYTES)
     raw = file.read(want + 1)
@@ -265,6 +268,7 @@ def dataset_create(*, owner: Any, name: str, file: UploadedFile, label_column: s
     np.savez(path, x=x, y=y)
     try:
         with transaction.atomic():
+            quota_count_check(owner=owner, kind="datasets")  # with the user's row locked
             return Dataset.objects.create(
                 owner=owner, name=name, file=rel, original_format=fmt, n_samples=len(y), n_features=x.shape[1],
                 classes=sorted(int(c) for c in np.unique(y)), size_bytes=path.stat().st_size,
@@ -272,6 +276,9 @@ def dataset_create(*, owner: Any, name: str, file: UploadedFile, label_column: s
     except IntegrityError:
         path.unlink(missing_ok=True)
         raise Conflict(f"A dataset named '{name}' exists already.")
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def dataset_delete(*, owner: Any, name: str) -> None:

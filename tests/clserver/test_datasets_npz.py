@@ -186,3 +186,14 @@ class _nothing:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+def test_a_small_integer_x_is_sized_as_the_float32_it_becomes(api, user, files):
+    # 1.5 MB of uint8 passes a 2 MB limit as stored, but becomes 6 MB of float32 once read.
+    x = np.zeros((1536, 1024), dtype=np.uint8)
+    upload = deflated_zip([("x.npy", npy(x)), ("y.npy", npy(np.zeros(1536, dtype=np.uint8)))])
+    assert len(upload) < 64 * 1024
+    response, peak = upload_measured(api, upload)
+    body = assert_one_sentence_refusal(response, files)
+    assert response.status_code == 413 and body["details"]["unpacked_bytes"] > 2 * MB
+    assert peak < 4 * MB, peak
