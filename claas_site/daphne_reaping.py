@@ -48,6 +48,9 @@ def daphne_install() -> None:
         return
     if getattr(Server, "_claas_prompt_reaping", False):
         return
+    from claas_site.body_limit import daphne_version_check
+
+    daphne_version_check()  # written against daphne's private Server internals: refuse another release
     create_application, protocol_disconnected = Server.create_application, Server.protocol_disconnected
 
     def create_application_reaped(self: Any, protocol: Any, scope: dict[str, Any]) -> Any:
