@@ -1,4 +1,4 @@
-"""Per-user quotas: experiments queued or running at once, and bytes stored in the data dir."""
+"""Per-user quotas: experiments queued or running at once, bytes stored, and how many of each resource."""
 from __future__ import annotations
 
 import os
@@ -20,14 +20,19 @@ def _size_text(n: int) -> str:
 
 
 def user_dirs(*, owner: Any) -> list[Path]:
-    """Every folder that holds files on the user's behalf (each is named after the user's id)."""
+    """Every folder that holds files on the user's behalf: named after the user's id, and the user's
+    MLflow artifacts (copies of models and deployment versions) when the MLflow store is local."""
+    from clserver.tracking import user_artifact_dir
+
     uid = str(owner.pk)
-    return [
+    dirs = [
         settings.DATA_DIR / "files" / "datasets" / uid,
         settings.DATA_DIR / "files" / "models" / uid,
         settings.CHECKPOINT_DIR / uid,
         settings.DEPLOYMENT_DIR / uid,
     ]
+    mlflow = user_artifact_dir(username=owner.username)
+    return dirs + ([mlflow] if mlflow is not None else [])
 
 
 def _tree_bytes(root: Path) -> int:
@@ -50,7 +55,7 @@ def _tree_bytes(root: Path) -> int:
 
 
 def stored_bytes(*, owner: Any) -> int:
-    """What the user's datasets, model weights, checkpoints and deployments take on disk."""
+    """What the user's datasets, model weights, checkpoints, deployments and MLflow artifacts take on disk."""
     return sum(_tree_bytes(path) for path in user_dirs(owner=owner))
 
 
@@ -91,3 +96,35 @@ def quota_concurrent_experiments_check(*, owner: Any, starting: Any = None) -> N
         raise QuotaExceeded(
             f"You have {count} experiments queued or running, the most allowed at once; wait for one to "
             "finish or cancel one.", details={"active_experiments": count, "quota": limit})
+
+
+# Resources whose number per user is limited: setting, model, what the sentence calls them (plural).
+COUNTED = {
+    "datasets": ("QUOTA_DATASETS", "clserver.Dataset", "datasets"),
+    "models": ("QUOTA_MODELS", "modelfactory.RegisteredModel", "registered models"),
+    "experiments": ("QUOTA_EXPERIMENTS", "clserver.Experiment", "experiments"),
+    "deployments": ("QUOTA_DEPLOYMENTS", "clserver.Deployment", "deployments"),
+}
+
+
+def quota_count_check(*, owner: Any, kind: str) -> None:
+    """Refuse (429) creating one more of `kind` (a key of COUNTED) when the user has the most allowed.
+
+    Called inside the transaction that creates the row, it locks the user's row first, so that two
+    requests at once cannot both take the last place (PostgreSQL; SQLite writes one at a time);
+    called outside one, it is an early answer before costly work, and the locked call decides.
+    """
+    from django.apps import apps
+    from django.contrib.auth import get_user_model
+    from django.db import transaction
+
+    setting, model, noun = COUNTED[kind]
+    limit = getattr(settings, setting)
+    if not limit:
+        return
+    if transaction.get_connection().in_atomic_block:
+        list(get_user_model().objects.select_for_update().filter(pk=owner.pk).values_list("pk", flat=True))
+    count = apps.get_model(model).objects.filter(owner=owner).count()
+    if count >= limit:
+        raise QuotaExceeded(f"You have {count} {noun if count != 1 else noun[:-1]}, the most allowed; delete one "
+                            "you no longer need first.", details={kind: count, "quota": limit})

@@ -234,6 +234,11 @@ PREDICT_THREADS = max(1, _env_int("CLAAS_PREDICT_THREADS", 4))
 # --- per-user quotas (claas_site/quotas.py); 0 lifts a quota ---------------------------------
 QUOTA_CONCURRENT_EXPERIMENTS = _env_int("CLAAS_QUOTA_CONCURRENT_EXPERIMENTS", 4)
 QUOTA_STORED_BYTES = _env_int("CLAAS_QUOTA_STORED_BYTES", 5 * 1024**3)
+# How many of each resource a user may have (issue 13: creating them was unbounded).
+QUOTA_DEPLOYMENTS = _env_int("CLAAS_QUOTA_DEPLOYMENTS", 20)
+QUOTA_MODELS = _env_int("CLAAS_QUOTA_MODELS", 100)
+QUOTA_DATASETS = _env_int("CLAAS_QUOTA_DATASETS", 100)
+QUOTA_EXPERIMENTS = _env_int("CLAAS_QUOTA_EXPERIMENTS", 500)
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "CLaaS API",

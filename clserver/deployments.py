@@ -21,9 +21,10 @@ from django.utils import timezone
 from claas_site.errors import Conflict, InvalidInput, NotFound
 from claas_site.lazy import lazy_import
 from claas_site.params import Param
+from claas_site.quotas import quota_count_check, quota_stored_bytes_check
 from clserver import deployment_data as data
 from clserver import deployment_serving as serving
-from clserver import drift
+from clserver import drift, tracking
 from clserver.deployment_models import (
     Deployment,
     DeploymentBatch,
@@ -421,6 +422,7 @@ def deployment_create(*, owner: Any, raw: Any) -> Deployment:
     name = validate_name(raw.get("name"), "name")
     if Deployment.objects.filter(owner=owner, name=name).exists():
         raise Conflict(f"A deployment named '{name}' exists; delete it first or choose another name.")
+    quota_count_check(owner=owner, kind="deployments")
     detector_opts = drift.detector_options(raw=raw.get("detector"))
     update_opts = update_options(raw=raw.get("update"))
     src = _source_resolve(owner=owner, raw=raw.get("source"))
@@ -437,6 +439,11 @@ def deployment_create(*, owner: Any, raw: Any) -> Deployment:
     x_val, y_val = src.x_test[val_idx], src.y_test[val_idx]
     memory = data.memory_initial(x=src.x_train, y=src.y_train, size=update_opts["memory_size"],
                                  num_classes=src.params["num_classes"], rng=rng)
+    # What version 1 will store (weights, memory, validation set, the detector's reference, and the
+    # weights' MLflow copy when that store is local) counts before anything is written.
+    mlflow_copy = src.weights.stat().st_size if tracking.user_artifact_dir(username=owner.username) else 0
+    quota_stored_bytes_check(owner=owner, adding=src.weights.stat().st_size + mlflow_copy + x_ref.nbytes
+                             + x_val.nbytes + y_val.nbytes + memory.x.nbytes + memory.y.nbytes)
     detector = drift.detector_fit(options=detector_opts, x_ref=x_ref, model=champion,
                                   input_shape=src.params["input_shape"])
 
@@ -450,6 +457,9 @@ def deployment_create(*, owner: Any, raw: Any) -> Deployment:
         drift.detector_save(detector, staging / "detector")
         validation_accuracy = serving.accuracy(champion, x_val, y_val)
         with transaction.atomic():
+            # Decided with the user's row locked; the staging folder is counted as it is on disk now.
+            quota_count_check(owner=owner, kind="deployments")
+            quota_stored_bytes_check(owner=owner, adding=mlflow_copy)
             deployment = Deployment.objects.create(
                 owner=owner, name=name, source=src.source, source_experiment=src.experiment,
                 source_model_version=src.model_version, architecture=src.architecture, model_params=src.params,
@@ -562,6 +572,8 @@ def deployment_ingest(*, deployment: Deployment, inputs: Any, labels: Any) -> di
     """Check the batch for drift, buffer it, and start an update when the trigger fires."""
     x = data.inputs_parse(inputs=inputs, input_shape=deployment.model_params["input_shape"])
     y = data.labels_parse(labels=labels, n_rows=len(x), num_classes=deployment.model_params["num_classes"])
+    # The batch stays in the buffer until an update takes it: it counts like any stored file.
+    quota_stored_bytes_check(owner=deployment.owner, adding=x.nbytes + y.nbytes)
     result = _drift_check(deployment, x)
     batch_path = deployment_dir(deployment) / "buffer" / f"{uuid.uuid4().hex}.npz"
     data.npz_write(batch_path, x=x, y=y)
@@ -712,15 +724,19 @@ def deployment_rollback(*, deployment: Deployment, version: Any) -> Deployment:
 
 
 def deployment_delete(*, deployment: Deployment) -> None:
-    """Delete a deployment and its files; MLflow keeps the registered model's history."""
+    """Delete a deployment, its files, and its MLflow runs, their files and its registered model."""
     with transaction.atomic():
         d = Deployment.objects.select_for_update().get(pk=deployment.pk)
         active = d.updates.filter(status__in=ACTIVE_STATUSES).first()
         if active is not None:
             raise Conflict(f"Update {active.id} of deployment '{d.name}' is {active.status}; cancel it first.")
         folder, key = deployment_dir(d), _key(d)
+        username, registered = d.owner.username, registered_name(d)
         d.delete()
         transaction.on_commit(lambda: (shutil.rmtree(folder, ignore_errors=True), serving.deployment_forget(key)))
+        # Its MLflow copies count against the user's quota: they go too.
+        transaction.on_commit(lambda: tracking.runs_forget(username=username, tag="claas.deployment", value=d.name,
+                                                           registered=registered))
 
 
 # --- for the update job ------------------------------------------------------------------------------

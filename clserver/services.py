@@ -10,7 +10,8 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from claas_site.errors import Conflict
-from claas_site.quotas import quota_concurrent_experiments_check, quota_stored_bytes_check
+from claas_site.quotas import quota_concurrent_experiments_check, quota_count_check, quota_stored_bytes_check
+from clserver import tracking
 from clserver.events import experiment_event_record
 from clserver.models import ACTIVE_STATUSES, Experiment, JobStatus
 from clserver.options import options_validate
@@ -47,6 +48,7 @@ def experiment_setup(*, owner: Any, raw: Any, overwrite: bool = False) -> Experi
             old = existing
             transaction.on_commit(lambda: _experiment_files_remove(old))
             existing.delete()
+        quota_count_check(owner=owner, kind="experiments")  # with the user's row locked
         try:
             experiment = Experiment.objects.create(
                 owner=owner, name=name, options=validated.options, status=JobStatus.READY,
@@ -124,6 +126,10 @@ def experiment_delete(*, owner: Any, name: str) -> None:
         if _has_deployments(experiment):
             raise Conflict(f"Experiment '{name}' is the source of a deployment; delete the deployment first.")
         transaction.on_commit(lambda: _experiment_files_remove(experiment))
+        # Its MLflow runs (every run under this name, re-runs too) count against the user's quota.
+        username, exp_name = experiment.owner.username, experiment.name
+        transaction.on_commit(lambda: tracking.runs_forget(username=username, tag="claas.experiment",
+                                                           value=exp_name))
         experiment.delete()
 
 

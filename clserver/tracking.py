@@ -1,11 +1,15 @@
 """The one boundary to MLflow: runs, metrics, logged models, the model registry and aliases."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 import threading
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from django.conf import settings
 
@@ -254,3 +258,121 @@ def registry_versions_delete(*, name: str, versions: list[str]) -> None:
             c.delete_registered_model(name)
     except MlflowException:
         logger.info("MLflow registered model %s was not there to delete", name)
+
+
+# --- what a user's MLflow data takes on disk, and deleting it ------------------------------------
+def user_artifact_dir(*, username: str) -> Path | None:
+    """The folder of the user's MLflow artifacts (runs and logged models) when the store is local.
+
+    `user_experiment_id` puts them in `<MLFLOW_ARTIFACT_ROOT>/<username>` with a SQLite store;
+    with an MLflow server the server picks the place, and None says they cannot be counted here.
+    MLflow is not imported: the quota check calls this on uploads and ingests.
+    """
+    if not settings.MLFLOW_TRACKING_URI.startswith("sqlite:"):
+        return None
+    root = str(settings.MLFLOW_ARTIFACT_ROOT)
+    if root.startswith("file://"):
+        root = urlparse(root).path
+    elif "://" in root:
+        return None
+    base = Path(root).resolve()
+    path = (base / username).resolve()
+    # A username such as ".." would name a folder that is not the user's own.
+    return path if path.parent == base else None
+
+
+def _quoted(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _paged(search: Any, **kwargs: Any) -> list[Any]:
+    out, token = [], None
+    while True:
+        page = search(**kwargs, page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
+def _artifacts_delete(uri: str, *, own_dir: Path | None) -> None:
+    """Remove the files under an artifact URI (a run's or a logged model's).
+
+    A local path is removed only inside the user's own artifact folder: a path that an MLflow
+    server reports names a folder on the server's machine, left to its `mlflow gc`. Other URIs
+    (mlflow-artifacts:, s3:, ...) go through MLflow's artifact repository.
+    """
+    local = urlparse(uri).path if uri.startswith("file://") else (uri if ":" not in uri else None)
+    if local is None:
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        try:
+            get_artifact_repository(uri).delete_artifacts()
+        except Exception:
+            logger.warning("Could not delete the MLflow artifacts at %s", uri, exc_info=True)
+        return
+    path = Path(local).resolve()
+    if own_dir is None or not path.is_relative_to(own_dir):
+        logger.info("MLflow artifacts at %s are not in this server's store; left to mlflow gc", uri)
+        return
+    shutil.rmtree(path, ignore_errors=True)
+    with contextlib.suppress(OSError):  # `<run id>/artifacts`: the run's folder goes too once empty
+        os.rmdir(path.parent)
+
+
+def runs_delete(*, username: str, tag: str, value: str) -> list[str]:
+    """Delete the user's runs tagged `tag` = `value`, with their artifacts and logged models.
+
+    MLflow's own delete_run only marks a run deleted and keeps its files (until `mlflow gc`);
+    here the files go at once, so the bytes they took are free again. Registered model versions
+    made from these runs are deleted too, and a registered model left with no version.
+    Returns the ids of the runs deleted.
+    """
+    from mlflow.entities import ViewType
+
+    c = client()
+    experiment = c.get_experiment_by_name(f"claas/{username}")
+    if experiment is None:
+        return []
+    exp_id, own_dir = experiment.experiment_id, user_artifact_dir(username=username)
+    runs = _paged(c.search_runs, experiment_ids=[exp_id], run_view_type=ViewType.ALL, max_results=1000,
+                  filter_string=f"tags.`{tag}` = '{_quoted(value)}'")
+    touched: set[str] = set()
+    for run in runs:
+        run_id = run.info.run_id
+        for mv in _paged(c.search_model_versions, filter_string=f"run_id = '{run_id}'"):
+            c.delete_model_version(mv.name, mv.version)
+            touched.add(mv.name)
+        for logged in _paged(c.search_logged_models, experiment_ids=[exp_id],
+                             filter_string=f"source_run_id = '{run_id}'"):
+            _artifacts_delete(logged.artifact_location, own_dir=own_dir)
+            c.delete_logged_model(logged.model_id)
+        _artifacts_delete(run.info.artifact_uri, own_dir=own_dir)
+        if run.info.lifecycle_stage != "deleted":
+            c.delete_run(run_id)
+    for name in touched:
+        registry_forget_if_empty(name=name)
+    return [run.info.run_id for run in runs]
+
+
+def registry_forget_if_empty(*, name: str) -> None:
+    """Delete a registered model that has no version left (others may still share one that has)."""
+    from mlflow.exceptions import MlflowException
+
+    c = client()
+    try:
+        if not c.search_model_versions(f"name='{_quoted(name)}'"):
+            c.delete_registered_model(name)
+    except MlflowException:
+        logger.info("MLflow registered model %s was not there to delete", name)
+
+
+def runs_forget(*, username: str, tag: str, value: str, registered: str | None = None) -> None:
+    """`runs_delete`, and the whole registered model `registered`, after the owner's row is gone:
+    a failure is logged (MLflow unreachable), not raised, since the deletion has committed."""
+    try:
+        runs_delete(username=username, tag=tag, value=value)
+        if registered:
+            registry_delete(name=registered)
+    except Exception:
+        logger.warning("Could not delete the MLflow runs of %s %s of %s", tag, value, username, exc_info=True)

@@ -19,7 +19,7 @@ from django.db.models.deletion import ProtectedError
 
 from claas_site.errors import Conflict, InvalidInput, PayloadTooLarge
 from claas_site.lazy import lazy_import
-from claas_site.quotas import quota_stored_bytes_check
+from claas_site.quotas import quota_count_check, quota_stored_bytes_check
 from modelfactory.architectures import ARCHITECTURES, architecture_build, architecture_params, architecture_smoke_test
 from modelfactory.models import ModelVersion, RegisteredModel
 from modelfactory.selectors import (
@@ -119,7 +119,11 @@ def _prepare(*, architecture: str, params: dict[str, Any], file: UploadedFile | 
 def _weights_write(*, owner: Any, model: nn.Module) -> tuple[str, str, int]:
     """Write the normalised state_dict under a fresh name; returns (relative path, sha256, size)."""
     data = state_dict_bytes(state_dict=state_dict_normalised(model=model))
-    quota_stored_bytes_check(owner=owner, adding=len(data))
+    # The MLflow mirror keeps two more copies (the state_dict and the logged model) where it is counted.
+    from clserver.tracking import user_artifact_dir
+
+    copies = 3 if user_artifact_dir(username=owner.username) else 1
+    quota_stored_bytes_check(owner=owner, adding=copies * len(data))
     relative = MODELS_SUBDIR / str(owner.pk) / f"{uuid.uuid4().hex}.pt"
     path = settings.DATA_DIR / relative
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -164,10 +168,12 @@ def _mirror(*, version: ModelVersion, model: nn.Module) -> str | None:
     return None
 
 
-def _mlflow_forget(*, name: str, versions: list[str]) -> None:
+def _mlflow_forget(*, username: str, model: str, name: str, versions: list[str]) -> None:
+    """Delete the model's MLflow runs and their files (they count in the user's quota), then its versions."""
     from clserver import tracking
 
     try:
+        tracking.runs_delete(username=username, tag="claas.model", value=model)
         tracking.registry_versions_delete(name=name, versions=versions)
     except Exception:
         logger.warning("Could not delete MLflow versions %s of %s", versions, name, exc_info=True)
@@ -181,10 +187,12 @@ def registered_model_create(*, owner: Any, name: str, architecture: Any, params:
     full_params = model_params_validate(architecture=architecture, params=params)
     if RegisteredModel.objects.filter(owner=owner, name=name).exists():
         raise Conflict(f"You already have a registered model named '{name}'.", details={"name": name})
+    quota_count_check(owner=owner, kind="models")
     prepared = _prepare(architecture=architecture, params=full_params, file=file, seed=seed)
     relative, sha256, size = _weights_write(owner=owner, model=prepared.model)
     try:
         with transaction.atomic():
+            quota_count_check(owner=owner, kind="models")  # with the user's row locked
             registered = RegisteredModel.objects.create(owner=owner, name=name, architecture=architecture,
                                                         params=full_params, description=description)
             version = ModelVersion.objects.create(
@@ -244,5 +252,6 @@ def registered_model_delete(*, owner: Any, name: str) -> None:
         except ProtectedError:
             raise Conflict(f"Registered model '{name}' came into use while it was being deleted.")
         transaction.on_commit(lambda: _files_remove(paths))
-        if mirrored:
-            transaction.on_commit(lambda: _mlflow_forget(name=registry_name, versions=mirrored))
+        username, model = registered.owner.username, registered.name
+        transaction.on_commit(lambda: _mlflow_forget(username=username, model=model, name=registry_name,
+                                                     versions=mirrored))

@@ -24,8 +24,9 @@ SETUP = {"model": {"architecture": "simple_mlp", "params": {"hidden_size": 16}},
 
 @pytest.fixture(autouse=True)
 def isolated(settings, tmp_path: Path) -> Path:
-    """Own files, fresh throttle counts."""
+    """Own files (the user's MLflow artifacts, which count too, among them), fresh throttle counts."""
     settings.DATA_DIR = tmp_path
+    settings.MLFLOW_ARTIFACT_ROOT = str(tmp_path / "mlartifacts")
     settings.CHECKPOINT_DIR = tmp_path / "checkpoints"
     settings.DEPLOYMENT_DIR = tmp_path / "deployments"
     cache.clear()
@@ -159,6 +160,37 @@ def test_a_user_over_the_quota_cannot_start_training(api, user, settings):
     assert refused.status_code == 429 and refused.json()["error"].startswith("Your files take ")
     settings.QUOTA_STORED_BYTES = 0  # 0 lifts the quota
     assert api.post("/base-scenario/alice/exec/e").status_code == 202
+
+
+@pytest.mark.parametrize("kind, setting, model, create", [
+    ("datasets", "QUOTA_DATASETS", Dataset, lambda api, name: upload(api, name, 10)),
+    ("registered models", "QUOTA_MODELS", RegisteredModel,
+     lambda api, name: api.post("/api/models/", {"name": name, "architecture": "simple_mlp",
+                                                 "params": {"hidden_size": 4}}, format="json")),
+    ("experiments", "QUOTA_EXPERIMENTS", Experiment,
+     lambda api, name: api.post("/base-scenario/setup/", {**SETUP, "exp_name": name}, format="json")),
+])
+def test_each_user_has_at_most_the_allowed_number_of_each_resource(api, user, other_api, settings, isolated, kind,
+                                                                    setting, model, create):
+    setattr(settings, setting, 2)
+    assert create(api, "a").status_code == 201 and create(api, "b").status_code == 201
+    files = sorted(isolated.rglob("*.npz")) + sorted(isolated.rglob("*.pt"))
+    refused = create(api, "c")
+    assert refused.status_code == 429
+    assert refused.json()["error"] == f"You have 2 {kind}, the most allowed; delete one you no longer need first."
+    assert sorted(isolated.rglob("*.npz")) + sorted(isolated.rglob("*.pt")) == files  # nothing half-stored
+    assert create(other_api, "c").status_code == 201  # each user counts apart
+    assert model.objects.filter(owner=user).count() == 2
+    setattr(settings, setting, 0)  # 0 lifts the limit
+    assert create(api, "c").status_code == 201
+
+
+def test_replacing_an_experiment_at_the_limit_is_allowed(api, settings):
+    settings.QUOTA_EXPERIMENTS = 1
+    assert api.post("/base-scenario/setup/", {**SETUP, "exp_name": "x"}, format="json").status_code == 201
+    again = api.post("/base-scenario/setup/", {**SETUP, "exp_name": "x", "overwrite": True}, format="json")
+    assert again.status_code == 201, again.json()
+    assert Experiment.objects.count() == 1
 
 
 # --- model size --------------------------------------------------------------------------------
