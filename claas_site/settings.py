@@ -311,6 +311,10 @@ JOB_HEARTBEAT_S = float(os.environ.get("CLAAS_JOB_HEARTBEAT_S", "5"))
 JOB_STALE_AFTER_S = float(os.environ.get("CLAAS_JOB_STALE_AFTER_S", "30"))
 JOB_REAPER_INTERVAL_S = float(os.environ.get("CLAAS_JOB_REAPER_INTERVAL_S", "10"))
 JOB_MAX_ATTEMPTS = _env_int("CLAAS_JOB_MAX_ATTEMPTS", 3)
+# Fair training (clserver/jobs.py): a free worker thread starts the queued job of the user with the
+# fewest running jobs, so one tenant's queue never holds the others back. This also caps how many train
+# jobs one user runs at once, over all workers (0: no cap; the fair order alone).
+FAIR_RUNNING_PER_USER = max(0, _env_int("CLAAS_FAIR_RUNNING_PER_USER", 0))
 
 # --- MLflow -----------------------------------------------------------------------------------
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

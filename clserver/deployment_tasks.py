@@ -3,14 +3,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from clserver.tasks import STALE_JOB_KINDS, light_task, train_task
+from clserver.jobs import JobKind, JobRunner
+from clserver.tasks import STALE_JOB_KINDS, TRAIN_JOB_KINDS, light_task, train_job_run, train_task
 
 
 @train_task
 def run_deployment_update(update_id: int) -> str | None:
-    from clserver.deployment_update import DeploymentUpdateJob
-
-    return DeploymentUpdateJob(update_id).handle()
+    return train_job_run(message=f"DeploymentUpdate {update_id}")
 
 
 def deployment_update_enqueue(update_id: int) -> None:
@@ -23,11 +22,20 @@ def _update_failed(row: Any, reason: str) -> None:
     update_failed_by_reaper(row, reason)
 
 
+def _update_runner() -> type[JobRunner]:
+    from clserver.deployment_update import DeploymentUpdateJob  # Avalanche: worker only
+
+    return DeploymentUpdateJob
+
+
 def _register_update_kind() -> None:
     from clserver.deployment_models import DeploymentUpdate
 
     if not any(kind[0] is DeploymentUpdate for kind in STALE_JOB_KINDS):
         STALE_JOB_KINDS.append((DeploymentUpdate, deployment_update_enqueue, _update_failed))
+    if not any(kind.model is DeploymentUpdate for kind in TRAIN_JOB_KINDS):
+        TRAIN_JOB_KINDS.append(JobKind(model=DeploymentUpdate, owner_field="deployment__owner",
+                                       runner=_update_runner))
 
 
 _register_update_kind()

@@ -6,8 +6,9 @@ mean the same Huey there; the scaled mode (`CLAAS_REDIS_URL`) gives `train` its 
 queue so that GPU machines take only training and CPU machines the rest.
 
 A job may ask for CUDA (`training.device` = `cuda` or `cuda:N`). A worker without CUDA
-that takes such a job puts it back on the queue after DEVICE_RETRY_S instead of claiming
-it, so it runs on the first CUDA worker free; until one exists it stays `queued`.
+that finds only such jobs queued puts its message back on the queue after DEVICE_RETRY_S
+instead of claiming one, so they run on the first CUDA worker free; until one exists they
+stay `queued`. Which queued job a message starts is the fair pick of clserver/jobs.py.
 """
 from __future__ import annotations
 
@@ -30,11 +31,15 @@ QUEUE_TRAIN = "train"
 QUEUE_DEFAULT = "default"
 QUEUE_NAMES = (QUEUE_TRAIN, QUEUE_DEFAULT)
 WORKER_DEVICES = ("auto", "cpu", "cuda")
-# A job bounced for want of a device waits this long before a worker looks at it again.
+# A message bounced (no worker with its device, every owner at its limit) waits this long before a worker looks again.
 DEVICE_RETRY_S = 2.0
 
 
-class DeviceUnavailable(Exception):
+class JobDeferred(Exception):
+    """This worker may not start any queued job now; the message goes back on the queue for later."""
+
+
+class DeviceUnavailable(JobDeferred):
     """This worker lacks the device a job asks for; another worker should take it."""
 
 
@@ -68,7 +73,7 @@ def queues_separate() -> bool:
 
 
 def queue_task(*, queue: str, **options: Any) -> Callable[[Callable[..., Any]], Any]:
-    """Like djhuey's db_task, on the given queue; a job bounced by DeviceUnavailable is retried."""
+    """Like djhuey's db_task, on the given queue; a message bounced by JobDeferred is retried."""
     huey = queue_huey(queue=queue)
 
     def decorator(fn: Callable[..., Any]) -> Any:
@@ -76,7 +81,7 @@ def queue_task(*, queue: str, **options: Any) -> Callable[[Callable[..., Any]], 
         def run(*args: Any, **kwargs: Any) -> Any:
             try:
                 return fn(*args, **kwargs)
-            except DeviceUnavailable as exc:
+            except JobDeferred as exc:
                 logger.info("%s; back on the %s queue in %s s", exc, queue, DEVICE_RETRY_S)
                 # Not counted against the task's retries: Huey re-schedules it unconditionally.
                 raise RetryTask(delay=DEVICE_RETRY_S) from None

@@ -1,7 +1,8 @@
-"""Huey tasks: thin, they load a row by id and hand it to its job runner.
+"""Huey tasks: thin, they hand a row to its job runner; a train message starts the fairest queued job.
 
 `train_task` marks heavy jobs (training, model updates) for the `train` queue and `light_task`
-quick ones (drift checks, housekeeping) for the `default` queue (clserver/queues.py).
+quick ones (drift checks, housekeeping) for the `default` queue (clserver/queues.py). A train
+message names a row, but it runs whichever queued train job is fairest now (clserver/jobs.py).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any, Callable
 from django.conf import settings
 from django.db import close_old_connections
 
-from clserver.jobs import job_requeue_stale
+from clserver.jobs import JobKind, JobRunner, job_fair_claim, job_requeue_stale
 from clserver.queues import QUEUE_DEFAULT, QUEUE_TRAIN, on_worker_startup, queue_task, worker_torch_threads
 
 logger = logging.getLogger(__name__)
@@ -33,13 +34,25 @@ def light_task(fn: Callable[..., Any]) -> Any:
 
 # Job kinds watched by the reaper: (row model, enqueue(id), on_failed(row, reason)).
 STALE_JOB_KINDS: list[tuple[Any, Callable[[int], None], Callable[[Any, str], None] | None]] = []
+# Job kinds on the train queue, among which each train message claims the fairest queued job.
+TRAIN_JOB_KINDS: list[JobKind] = []
+
+
+def train_job_run(*, message: str) -> str | None:
+    """One train message: claim the fairest queued train job (maybe not the one the message names) and run it."""
+    close_old_connections()
+    runner = job_fair_claim(kinds=TRAIN_JOB_KINDS)
+    if runner is None:
+        logger.info("%s: no train job is queued any more; nothing to run", message)
+        return None
+    if f"{runner.model.__name__} {runner.job_id}" != message:
+        logger.info("%s: starting %s %s, the fairest queued job", message, runner.model.__name__, runner.job_id)
+    return runner.execute()
 
 
 @train_task
 def run_experiment(experiment_id: int) -> str | None:
-    from clserver.experiment_job import ExperimentJob
-
-    return ExperimentJob(experiment_id).handle()
+    return train_job_run(message=f"Experiment {experiment_id}")
 
 
 def experiment_enqueue(experiment_id: int) -> None:
@@ -52,10 +65,17 @@ def _experiment_failed(row: Any, reason: str) -> None:
     experiment_failed_by_reaper(row, reason)
 
 
+def _experiment_runner() -> type[JobRunner]:
+    from clserver.experiment_job import ExperimentJob
+
+    return ExperimentJob
+
+
 def _register_experiment_kind() -> None:
     from clserver.models import Experiment
 
     STALE_JOB_KINDS.append((Experiment, experiment_enqueue, _experiment_failed))
+    TRAIN_JOB_KINDS.append(JobKind(model=Experiment, owner_field="owner", runner=_experiment_runner))
 
 
 _register_experiment_kind()
