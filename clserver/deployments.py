@@ -729,7 +729,7 @@ def deployment_delete(*, deployment: Deployment) -> None:
         d = Deployment.objects.select_for_update().get(pk=deployment.pk)
         active = d.updates.filter(status__in=ACTIVE_STATUSES).first()
         if active is not None:
-            raise Conflict(f"Update {active.id} of deployment '{d.name}' is {active.status}; cancel it first.")
+            raise Conflict(f"Update {active.number} of deployment '{d.name}' is {active.status}; cancel it first.")
         folder, key = deployment_dir(d), _key(d)
         username, registered = d.owner.username, registered_name(d)
         d.delete()

@@ -138,3 +138,15 @@ def test_the_migration_numbers_existing_rows_per_deployment_in_creation_order(tr
             (mine.pk, 1), (theirs.pk, 1), (theirs.pk, 2), (mine.pk, 2), (mine.pk, 3)]
     executor.loader.build_graph()
     executor.migrate(executor.loader.graph.leaf_nodes())
+
+
+def test_deleting_a_deployment_with_a_queued_update_names_the_update_by_its_number(tenants):
+    alice, bob = tenants
+    ingest(bob)
+    update(bob)  # bob's update takes a global primary key before alice's
+    ingest(alice)
+    number = update(alice)["id"]
+    response = alice.delete("/api/deployments/dep")
+    assert response.status_code == 409
+    assert response.json()["error"] == f"Update {number} of deployment 'dep' is queued; cancel it first."
+    assert DeploymentUpdate.objects.get(deployment__owner__username="alice").pk != number
