@@ -202,6 +202,10 @@ MAX_DATASET_ROWS = _env_int("CLAAS_MAX_DATASET_ROWS", 1_000_000)
 MAX_DATASET_COLUMNS = _env_int("CLAAS_MAX_DATASET_COLUMNS", 4096)
 # Largest model a user may describe (registered or trained); 0 lifts the limit. 200M float32 = 800 MB.
 MAX_MODEL_PARAMETERS = _env_int("CLAAS_MAX_MODEL_PARAMETERS", 200_000_000)
+# Model cost per sample (issue 13: the parameter limit does not bound activations), worked out on torch's
+# meta device before any forward pass; 0 lifts a limit. resnet18 at 3x512x512 takes 149 MiB and 19 GFLOPs.
+MAX_ACTIVATION_BYTES = _env_int("CLAAS_MAX_ACTIVATION_BYTES", 256 * 1024 * 1024)
+MAX_MODEL_FLOPS = _env_int("CLAAS_MAX_MODEL_FLOPS", 20_000_000_000)
 
 # --- REST API ----------------------------------------------------------------------------------
 REST_FRAMEWORK = {

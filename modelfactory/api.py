@@ -1,10 +1,8 @@
 """REST API of the model factory: one thin class per action."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from django.conf import settings
-from django.http import FileResponse, HttpResponse
+from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
@@ -12,9 +10,10 @@ from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.serializers import Serializer
 from rest_framework.views import APIView
 
-from claas_site.errors import PayloadTooLarge
+from claas_site.errors import InvalidInput, PayloadTooLarge
 from claas_site.serializers import RegistryEntrySerializer
 from modelfactory import selectors, services
 from modelfactory.architectures import ARCHITECTURES
@@ -46,6 +45,17 @@ def request_size_check(request: Request) -> None:
                               details={"size_bytes": length, "limit_bytes": limit})
 
 
+def fields_check(request: Request, serializer: Serializer) -> None:
+    """Refuse fields the form does not define: weights sent as `weights` instead of `file` are not ignored."""
+    if not hasattr(request.data, "keys"):
+        return  # not an object: the serializer says so
+    unknown = sorted(str(k) for k in request.data.keys() if k not in serializer.fields)
+    if unknown:
+        names = ", ".join(f"'{k[:50]}'" for k in unknown[:10])
+        raise InvalidInput(f"Unknown field{'s' if len(unknown) > 1 else ''} {names}; the fields are: "
+                           f"{', '.join(serializer.fields)}.", details={"unknown": [k[:50] for k in unknown[:10]]})
+
+
 class ArchitectureListApi(APIView):
     @extend_schema(summary="The architecture zoo with each architecture's parameters and defaults.",
                    responses={200: RegistryEntrySerializer(many=True)})
@@ -65,8 +75,9 @@ class RegisteredModelListApi(APIView):
     @extend_schema(
         summary="Register a model: an architecture with its parameters and optional initial weights.",
         description="JSON without a file makes version 1 a fresh initialisation seeded by `seed`; a multipart "
-                    "form (params as a JSON string) may carry a `file`: a state_dict saved with torch.save or a "
-                    "TorchScript archive. Pickled models are refused.",
+                    "form (params as a JSON string) may carry a `file`: a state_dict saved with "
+                    "torch.save(model.state_dict(), path). TorchScript archives and pickled models are refused "
+                    "(they hold programs, which are never run); other fields answer 400.",
         request={"application/json": RegisteredModelCreateInputSerializer,
                  "multipart/form-data": RegisteredModelCreateInputSerializer},
         responses={201: RegisteredModelCreatedSerializer, **ERRORS},
@@ -74,6 +85,7 @@ class RegisteredModelListApi(APIView):
     def post(self, request: Request) -> Response:
         request_size_check(request)
         serializer = RegisteredModelCreateInputSerializer(data=request.data)
+        fields_check(request, serializer)
         serializer.is_valid(raise_exception=True)
         created = services.registered_model_create(owner=request.user, **serializer.validated_data)
         body = RegisteredModelOutputSerializer(created.version.model).data
@@ -103,12 +115,14 @@ class ModelVersionListApi(APIView):
         model = selectors.registered_model_get(owner=request.user, name=name)
         return Response(ModelVersionOutputSerializer(model.versions.all(), many=True).data)
 
-    @extend_schema(summary="Upload new weights as the next version (state_dict or TorchScript archive).",
+    @extend_schema(summary="Upload new weights as the next version: a state_dict saved with torch.save "
+                           "(TorchScript archives are refused).",
                    request={"multipart/form-data": ModelVersionUploadInputSerializer},
                    responses={201: ModelVersionCreatedSerializer, **ERRORS})
     def post(self, request: Request, name: str) -> Response:
         request_size_check(request)
         serializer = ModelVersionUploadInputSerializer(data=request.data)
+        fields_check(request, serializer)
         serializer.is_valid(raise_exception=True)
         created = services.model_version_create(owner=request.user, name=name, **serializer.validated_data)
         body = ModelVersionOutputSerializer(created.version).data
@@ -139,13 +153,10 @@ class ModelVersionDownloadApi(APIView):
                                      default="state_dict", description="state_dict or torchscript (traced).")],
         responses={(200, "application/octet-stream"): OpenApiResponse(description="weights file"), **ERRORS},
     )
-    def get(self, request: Request, name: str, version: int) -> HttpResponse:
+    def get(self, request: Request, name: str, version: int) -> FileResponse:
         found = selectors.model_version_get(owner=request.user, name=name, version=version)
-        content, filename = selectors.model_version_download(
-            version=found, format=request.query_params.get("format", "state_dict"))
-        if isinstance(content, Path):
-            return FileResponse(open(content, "rb"), as_attachment=True, filename=filename,
-                                content_type="application/octet-stream")
-        response = HttpResponse(content, content_type="application/octet-stream")
-        response["Content-Disposition"] = f'attachment; filename="{filename}"'
-        return response
+        path, filename = services.model_version_export(version=found,
+                                                       format=request.query_params.get("format", "state_dict"))
+        # FileResponse streams the file in blocks; no request holds a whole archive in memory.
+        return FileResponse(open(path, "rb"), as_attachment=True, filename=filename,
+                            content_type="application/octet-stream")

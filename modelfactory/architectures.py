@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
@@ -10,6 +11,7 @@ from claas_site.errors import InvalidInput
 from claas_site.params import Param, Registry
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
 ARCHITECTURES = Registry("architecture")
@@ -98,29 +100,79 @@ def mobilenet_v3_small(*, num_classes: int, input_shape: list[int]) -> nn.Module
     return mobilenet_v3_small_net(_image_shape(input_shape, "mobilenet_v3_small"), num_classes)
 
 
+@dataclass(frozen=True)
+class ModelCost:
+    """What one sample costs the model, worked out on torch's meta device (shapes only, no memory)."""
+
+    parameters: int
+    activation_bytes: int
+    flops: int
+
+
 def architecture_params(*, architecture: Any, params: Any, where: str = "model") -> dict[str, Any]:
-    """Validate an architecture's parameters; the result has every default filled."""
+    """Validate an architecture's parameters; the result has every default filled.
+
+    Wide layers multiply and large inputs multiply again: a model whose parameters, per-sample
+    activations or per-sample FLOPs exceed the limits is refused before any process builds it.
+    """
     entry = ARCHITECTURES.get(architecture, f"{where}.architecture")
     full = entry.validate(params, f"{where}.params")
     if math.prod(full["input_shape"]) > MAX_INPUT_NUMEL:
         raise InvalidInput(f"{where}.params.input_shape is too large (at most {MAX_INPUT_NUMEL} values).",
                            details={"input_shape": full["input_shape"]})
-    # Wide layers multiply: refuse a model too big to build before any process tries to.
-    limit = settings.MAX_MODEL_PARAMETERS
-    count = architecture_parameter_count(architecture=entry.name, params=full) if limit else 0
-    if count > limit:
-        raise InvalidInput(f"{where}.params describe a model of {count:,} parameters; at most {limit:,} are allowed.",
-                           details={"parameters": count, "limit": limit})
+    cost = architecture_cost(architecture=entry.name, params=full, where=where)
+    limits = (
+        ("parameters", cost.parameters, settings.MAX_MODEL_PARAMETERS,
+         f"{where}.params describe a model of {cost.parameters:,} parameters; at most "
+         f"{settings.MAX_MODEL_PARAMETERS:,} are allowed."),
+        ("activation_bytes", cost.activation_bytes, settings.MAX_ACTIVATION_BYTES,
+         f"{where}.params describe a model whose activations take {cost.activation_bytes:,} bytes per sample; "
+         f"at most {settings.MAX_ACTIVATION_BYTES:,} are allowed (CLAAS_MAX_ACTIVATION_BYTES)."),
+        ("flops", cost.flops, settings.MAX_MODEL_FLOPS,
+         f"{where}.params describe a model of {cost.flops:,} FLOPs per sample; at most "
+         f"{settings.MAX_MODEL_FLOPS:,} are allowed (CLAAS_MAX_MODEL_FLOPS)."),
+    )
+    for name, value, limit, message in limits:
+        if limit and value > limit:
+            raise InvalidInput(message, details={name: value, "limit": limit})
     return full
 
 
-def architecture_parameter_count(*, architecture: str, params: dict[str, Any]) -> int:
-    """The model's parameter count, from a build on torch's meta device (shapes only, no memory)."""
+def architecture_cost(*, architecture: str, params: dict[str, Any], where: str = "model") -> ModelCost:
+    """Parameters, per-sample activation bytes and FLOPs, from a build and a forward pass on the meta device.
+
+    Activations are the outputs of every leaf module for a batch of one; FLOPs are torch's count of the
+    matrix products and convolutions. Nothing is allocated and nothing is computed.
+    """
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):
         model = architecture_build(architecture=architecture, params=params)
-    return sum(p.numel() for p in model.parameters())
+    parameters = sum(p.numel() for p in model.parameters())
+    if settings.MAX_MODEL_PARAMETERS and parameters > settings.MAX_MODEL_PARAMETERS:
+        # Refused on its parameters alone: no need to trace it.
+        return ModelCost(parameters, 0, 0)
+    activations = 0
+
+    def count(module: nn.Module, args: Any, output: Any) -> None:
+        nonlocal activations
+        if isinstance(output, torch.Tensor):
+            activations += output.numel() * output.element_size()
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if next(m.children(), None) is None]
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter, torch.no_grad():
+            model.eval()(torch.zeros(1, *params["input_shape"], device="meta"))
+    except (RuntimeError, ValueError, IndexError) as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise InvalidInput(f"{where}.params describe a model that cannot run on inputs of shape "
+                           f"{params['input_shape']}: {reason}", details={"input_shape": params["input_shape"]})
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return ModelCost(parameters, activations, counter.get_total_flops())
 
 
 def architecture_build(*, architecture: str, params: dict[str, Any]) -> nn.Module:
@@ -128,13 +180,18 @@ def architecture_build(*, architecture: str, params: dict[str, Any]) -> nn.Modul
     return ARCHITECTURES.get(architecture, "model.architecture").builder(**params)
 
 
-def architecture_smoke_test(*, model: nn.Module, params: dict[str, Any]) -> None:
-    """Run one forward pass on a dummy batch; the output must have num_classes columns."""
+def architecture_smoke_test(*, model: nn.Module, params: dict[str, Any]) -> torch.Tensor:
+    """Run one forward pass on a dummy batch of one; the output must have num_classes columns.
+
+    architecture_params() has bounded its activations and FLOPs before this runs. Returns the output.
+    """
     from modelfactory.zoo import smoke_output
 
-    shape = smoke_output(model, params["input_shape"])
+    output = smoke_output(model, params["input_shape"])
+    shape = tuple(output.shape)
     if len(shape) != 2 or shape[1] != params["num_classes"]:
         raise InvalidInput(
             f"The model's output has shape {shape}, expected (batch, {params['num_classes']}).",
             details={"output_shape": list(shape)},
         )
+    return output

@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from django.conf import settings
 from django.db.models import QuerySet
 
-from claas_site.errors import InvalidInput, NotFound
+from claas_site.errors import NotFound
 from claas_site.lazy import lazy_import
 from modelfactory.architectures import architecture_build
 from modelfactory.models import ModelVersion, RegisteredModel
-from modelfactory.weights import FORMAT_STATE_DICT, FORMAT_TORCHSCRIPT, torchscript_bytes
+from modelfactory.weights import FORMAT_STATE_DICT, FORMAT_TORCHSCRIPT
 
 # torch loads on first use, so the web process starts without it.
 torch = lazy_import("torch")
@@ -76,20 +76,25 @@ def _state_dict_file(version: ModelVersion) -> Path:
     return path
 
 
-def _torchscript_file(version: ModelVersion) -> bytes:
-    return torchscript_bytes(model=model_version_load(version=version), input_shape=version.model.params["input_shape"])
-
-
-# Download format -> (what to send, file name suffix).
-DOWNLOAD_FORMATS: dict[str, tuple[Callable[[ModelVersion], Path | bytes], str]] = {
-    FORMAT_STATE_DICT: (_state_dict_file, ".pt"),
-    FORMAT_TORCHSCRIPT: (_torchscript_file, ".torchscript.pt"),
+# Download format -> file name suffix.
+DOWNLOAD_FORMATS: dict[str, str] = {
+    FORMAT_STATE_DICT: ".pt",
+    FORMAT_TORCHSCRIPT: ".torchscript.pt",
 }
 
 
-def model_version_download(*, version: ModelVersion, format: str) -> tuple[Path | bytes, str]:
-    """The version's weights in a download format: a file path or bytes, and a file name."""
-    if format not in DOWNLOAD_FORMATS:
-        raise InvalidInput(f"format must be one of: {', '.join(DOWNLOAD_FORMATS)}.", details={"format": format[:50]})
-    build, suffix = DOWNLOAD_FORMATS[format]
-    return build(version), f"{version.model.name}-v{version.version}{suffix}"
+def model_version_export_path(*, version: ModelVersion, format: str) -> Path:
+    """Where a version's download in `format` lies: the stored state_dict, or its export beside it.
+
+    Exports are named after the weights file (a fresh random name per version), so a later version
+    can never be served an earlier one's export, even where database ids are reused.
+    """
+    weights = model_version_path(version=version)
+    if format == FORMAT_STATE_DICT:
+        return weights
+    return weights.with_name(f"{weights.stem}.{format}.export")
+
+
+def model_version_files(*, version: ModelVersion) -> list[Path]:
+    """Every file a version may have under the data dir (its weights and its exports): delete them all."""
+    return [model_version_export_path(version=version, format=f) for f in DOWNLOAD_FORMATS]

@@ -45,12 +45,14 @@ class RegisteredModelCreateInputSerializer(serializers.Serializer):
     seed = serializers.IntegerField(required=False, default=0, min_value=0, max_value=2**31 - 1,
                                     help_text="Seed of the initial weights when no file is given.")
     file = serializers.FileField(required=False, allow_null=True,
-                                 help_text="Initial weights: a state_dict saved with torch.save, or a TorchScript "
-                                           "archive. Without it version 1 is a fresh initialisation.")
+                                 help_text="Initial weights: a state_dict saved with torch.save(model.state_dict(), "
+                                           "path); TorchScript archives are refused. Without it version 1 is a "
+                                           "fresh initialisation.")
 
 
 class ModelVersionUploadInputSerializer(serializers.Serializer):
-    file = serializers.FileField(help_text="A state_dict saved with torch.save, or a TorchScript archive.")
+    file = serializers.FileField(help_text="A state_dict saved with torch.save(model.state_dict(), path); "
+                                           "TorchScript archives are refused.")
     note = serializers.CharField(required=False, allow_blank=True, default="", max_length=500)
 
 

@@ -1,11 +1,13 @@
 """Writes of the model factory: register models, add versions, mirror them into MLflow, delete."""
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +19,16 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.db.models.deletion import ProtectedError
 
-from claas_site.errors import Conflict, InvalidInput, PayloadTooLarge
+from claas_site.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from claas_site.lazy import lazy_import
 from claas_site.quotas import quota_count_check, quota_stored_bytes_check
 from modelfactory.architectures import ARCHITECTURES, architecture_build, architecture_params, architecture_smoke_test
 from modelfactory.models import ModelVersion, RegisteredModel
 from modelfactory.selectors import (
+    DOWNLOAD_FORMATS,
     mlflow_name,
+    model_version_export_path,
+    model_version_load,
     model_version_path,
     model_version_users,
     registered_model_get,
@@ -33,6 +38,7 @@ from modelfactory.weights import (
     output_check,
     state_dict_bytes,
     state_dict_normalised,
+    torchscript_write,
     weights_apply,
     weights_read,
 )
@@ -97,7 +103,10 @@ def _upload_source(file: UploadedFile) -> Any:
 
 
 def _prepare(*, architecture: str, params: dict[str, Any], file: UploadedFile | None, seed: int) -> _Prepared:
-    """Build the model with its weights and prove it runs: one forward pass on a dummy batch."""
+    """Build the model with its weights and prove it runs: one forward pass on a dummy batch of one.
+
+    Uploaded files are read as tensors only (weights_read): no program of the upload ever runs.
+    """
     if file is None:
         # Fork the RNG so that seeding here leaves the process's global generator alone.
         with torch.random.fork_rng(devices=[]):
@@ -110,8 +119,8 @@ def _prepare(*, architecture: str, params: dict[str, Any], file: UploadedFile | 
         model = architecture_build(architecture=architecture, params=params)
         weights_apply(model=model, state_dict=loaded.state_dict, architecture=architecture)
         source_format = loaded.source_format
-    architecture_smoke_test(model=model, params=params)
-    output_check(model=model, input_shape=params["input_shape"])
+    # architecture_params() bounded this model's activations and FLOPs; the real pass has a batch of one.
+    output_check(output=architecture_smoke_test(model=model, params=params))
     return _Prepared(model, source_format)
 
 
@@ -141,6 +150,43 @@ def _files_remove(paths: list[Path]) -> None:
             pass
 
 
+# --- downloads -------------------------------------------------------------------------------
+# One export at a time per process: a request never holds more than one model being exported.
+_EXPORT_LOCK = threading.Lock()
+
+
+def model_version_export(*, version: ModelVersion, format: str) -> tuple[Path, str]:
+    """The file to send for a download in `format`, and its file name; exports are made once, then reused.
+
+    A version's weights never change, so its export is written once beside them (tmp file, then
+    os.replace) and every download streams that file: no request builds an archive in memory.
+    """
+    if format not in DOWNLOAD_FORMATS:
+        raise InvalidInput(f"format must be one of: {', '.join(DOWNLOAD_FORMATS)}.", details={"format": format[:50]})
+    filename = f"{version.model.name}-v{version.version}{DOWNLOAD_FORMATS[format]}"
+    weights = model_version_path(version=version)
+    if not weights.is_file():
+        raise NotFound(f"The weights file of '{version.model.name}' version {version.version} is missing "
+                       "from the data directory.")
+    path = model_version_export_path(version=version, format=format)
+    if path.is_file():
+        return path, filename
+    # The export counts in the owner's stored bytes like any file of theirs.
+    quota_stored_bytes_check(owner=version.model.owner, adding=version.size_bytes)
+    with _EXPORT_LOCK, open(weights, "rb") as held:
+        # Other processes export under the same lock on the weights file; the first one writes.
+        fcntl.flock(held, fcntl.LOCK_EX)
+        if not path.is_file():
+            tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
+            try:
+                model = model_version_load(version=version)
+                torchscript_write(model=model, input_shape=version.model.params["input_shape"], path=tmp)
+                os.replace(tmp, path)
+            finally:
+                _files_remove([tmp])
+    return path, filename
+
+
 # --- MLflow ----------------------------------------------------------------------------------
 def _mirror(*, version: ModelVersion, model: nn.Module) -> str | None:
     """Register the version in MLflow; on failure the version stays and the reason is returned."""
@@ -153,7 +199,7 @@ def _mirror(*, version: ModelVersion, model: nn.Module) -> str | None:
         "claas.source_format": version.source_format,
         "claas.sha256": version.sha256,
     }
-    example = torch.zeros(2, *registered.params["input_shape"]).numpy()
+    example = torch.zeros(1, *registered.params["input_shape"]).numpy()
     try:
         mirrored = tracking.model_version_mirror(
             username=registered.owner.username, name=registered.name, version=version.version, model=model,

@@ -1,7 +1,8 @@
-"""Safe loading, checking and export of model weights: state_dict files and TorchScript archives only."""
+"""Safe loading, checking and export of model weights: uploads are state_dict files only, never programs."""
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import re
 import warnings
@@ -28,11 +29,24 @@ MAX_LISTED_KEYS = 20
 # Checkpoint dicts that people often save instead of the bare state_dict.
 CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
 
-HOW_TO_SAVE = ("save model.state_dict() with torch.save, or a TorchScript archive with torch.jit.save")
+HOW_TO_SAVE = "save a state_dict with torch.save(model.state_dict(), path)"
 PICKLED_OBJECT = f"The file holds a pickled Python object, not a state_dict; {HOW_TO_SAVE}."
 # torch names the refused class as "GLOBAL module.name" in its weights_only error.
 GLOBAL_RE = re.compile(r"\bGLOBAL ([\w.]+)")
 NOT_WEIGHTS = f"The file is not a PyTorch weights file; {HOW_TO_SAVE}."
+TORCHSCRIPT_REFUSED = (f"The file is a TorchScript archive, a program that CLaaS never runs (loading it would run its "
+                       f"code); {HOW_TO_SAVE} instead.")
+
+ZIP_MAGIC = b"PK\x03\x04"
+# Everything torch.save (2.x) writes under the archive's root folder, whose name is free (the file's stem).
+# An archive with any other member is not a state_dict: TorchScript adds code/ and constants.pkl, and a
+# disguised one may rename them, so what is refused is everything else, not what is known to be bad.
+SAVE_MEMBER_RE = re.compile(r"(data\.pkl|data/\d+|version|byteorder|\.format_version|\.storage_alignment"
+                            r"|\.data/serialization_id|\.data/version)")
+# Members that mark a TorchScript archive (or a renamed one) for the error message.
+TORCHSCRIPT_HINT_RE = re.compile(r"(^|/)(code|constants|extra)(/|\.|$)|\.py$|\.debug_pkl$|__torch__")
+# TorchScript pickles name its module classes under this prefix.
+TORCHSCRIPT_GLOBAL = "__torch__."
 
 
 @dataclass(frozen=True)
@@ -41,69 +55,77 @@ class LoadedWeights:
     source_format: str
 
 
-def _rewind(source: Source) -> None:
-    if hasattr(source, "seek"):
+def _head(source: Source, size: int) -> bytes:
+    if hasattr(source, "read"):
         source.seek(0)
+        head = source.read(size)
+        source.seek(0)
+        return head
+    with open(source, "rb") as f:
+        return f.read(size)
 
 
-def _zip_entries(source: Source) -> list[zipfile.ZipInfo] | None:
-    """The entries of a zip archive (both torch.save and TorchScript write one), or None."""
+def _zip_entries(source: Source) -> list[zipfile.ZipInfo]:
+    """The entries of the zip archive torch would open (it goes by the leading magic, as here)."""
     try:
-        if not zipfile.is_zipfile(source):
-            return None
-        _rewind(source)
+        if hasattr(source, "read"):
+            source.seek(0)
+            with zipfile.ZipFile(source) as archive:
+                return archive.infolist()
         with zipfile.ZipFile(source) as archive:
             return archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError):
-        return None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
+        raise InvalidInput(NOT_WEIGHTS, details={"reason": "damaged zip archive"})
     finally:
-        _rewind(source)
+        if hasattr(source, "seek"):
+            source.seek(0)
 
 
-def _is_torchscript(entries: list[zipfile.ZipInfo]) -> bool:
-    """TorchScript archives carry their code (`<root>/code/...`) and `constants.pkl`; torch.save zips do not."""
-    return any("/code/" in e.filename or e.filename.endswith("/constants.pkl") for e in entries)
-
-
-def _starts_with_pickle(source: Source) -> bool:
-    """A raw pickle stream begins with the PROTO opcode (protocol 2 and later)."""
-    if hasattr(source, "read"):
-        head = source.read(1)
-        _rewind(source)
-    else:
-        with open(source, "rb") as f:
-            head = f.read(1)
-    return head == pickle.PROTO
-
-
-def _load_torchscript(source: Source) -> dict[str, torch.Tensor]:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            module = torch.jit.load(source, map_location="cpu")
-    except Exception as exc:
-        raise InvalidInput("The file looks like a TorchScript archive but could not be loaded; "
-                           "save it again with torch.jit.save.", details={"reason": type(exc).__name__})
-    return dict(module.state_dict())
+def _layout_check(entries: list[zipfile.ZipInfo]) -> None:
+    """Every member must be one torch.save writes, under one root folder; TorchScript archives are named."""
+    # orig_filename: zipfile cuts a name at a NUL byte, torch's reader does not.
+    names = [e.orig_filename for e in entries]
+    root = names[0].split("/", 1)[0] if names else ""
+    unexpected = [n for n in names
+                  if not (root and n.startswith(root + "/") and SAVE_MEMBER_RE.fullmatch(n[len(root) + 1:]))]
+    if any(TORCHSCRIPT_HINT_RE.search(n) for n in unexpected):
+        raise InvalidInput(TORCHSCRIPT_REFUSED, details={"member": unexpected[0][:100]})
+    if unexpected:
+        raise InvalidInput(NOT_WEIGHTS, details={"member": unexpected[0][:100]})
+    if len(set(names)) != len(names):
+        raise InvalidInput(NOT_WEIGHTS, details={"reason": "duplicate archive members"})
+    if f"{root}/data.pkl" not in names:
+        raise InvalidInput(NOT_WEIGHTS, details={"reason": "no data.pkl"})
 
 
 def _load_state_dict(source: Source) -> Any:
+    """torch.load with weights_only=True: only tensors and plain containers are rebuilt, no class is called.
+
+    It is given an open file, not a path: torch picks other readers by path (a `.safetensors` suffix), and
+    mmap stays off so that no storage is mapped from a path.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.load(source, map_location="cpu", weights_only=True)
+            if hasattr(source, "read"):
+                source.seek(0)
+                return torch.load(source, map_location="cpu", weights_only=True, mmap=False)
+            with open(source, "rb") as f:
+                return torch.load(f, map_location="cpu", weights_only=True, mmap=False)
     except pickle.UnpicklingError as exc:
-        text = str(exc)
-        found = GLOBAL_RE.search(text)
+        found = GLOBAL_RE.search(str(exc))
+        if found and found.group(1).startswith(TORCHSCRIPT_GLOBAL):
+            raise InvalidInput(TORCHSCRIPT_REFUSED, details={"global": found.group(1)[:100]})
         if found:
             # weights_only refuses any class outside tensors and plain containers: a pickled
             # nn.Module or another Python object. It is never unpickled.
-            raise InvalidInput(PICKLED_OBJECT, details={"global": found.group(1)})
-        _rewind(source)
-        if _starts_with_pickle(source):
+            raise InvalidInput(PICKLED_OBJECT, details={"global": found.group(1)[:100]})
+        if _head(source, 1) == pickle.PROTO:
             raise InvalidInput(PICKLED_OBJECT)
         raise InvalidInput(NOT_WEIGHTS)
     except Exception as exc:
+        if "TorchScript" in str(exc):
+            raise InvalidInput(TORCHSCRIPT_REFUSED)
         raise InvalidInput(NOT_WEIGHTS, details={"reason": type(exc).__name__})
 
 
@@ -129,20 +151,20 @@ def _as_state_dict(obj: Any) -> dict[str, torch.Tensor]:
 
 
 def weights_read(*, source: Source, max_unpacked_bytes: int) -> LoadedWeights:
-    """Load an uploaded weights file without unpickling anything but tensors.
+    """Load an uploaded state_dict without running or unpickling anything but tensors.
 
-    Accepts a state_dict saved with torch.save (loaded with weights_only=True) or a TorchScript
-    archive (its module's state_dict is taken). Anything else raises InvalidInput.
+    Accepts what torch.save writes (the zip format, or the legacy pickle format), loaded with
+    weights_only=True. TorchScript archives are programs and are refused before torch opens them:
+    no `torch.jit.load` on uploaded bytes, ever. Anything else raises InvalidInput.
     """
-    entries = _zip_entries(source)
-    if entries is not None:
+    if _head(source, len(ZIP_MAGIC)) == ZIP_MAGIC:
+        entries = _zip_entries(source)
         # torch writes its archives uncompressed; a compressed one could unpack far beyond the upload.
         unpacked = sum(e.file_size for e in entries)
         if unpacked > max_unpacked_bytes:
             raise PayloadTooLarge(f"The archive unpacks to {unpacked} bytes; the limit is {max_unpacked_bytes} bytes.",
                                   details={"unpacked_bytes": unpacked, "limit_bytes": max_unpacked_bytes})
-        if _is_torchscript(entries):
-            return LoadedWeights(_as_state_dict(_load_torchscript(source)), FORMAT_TORCHSCRIPT)
+        _layout_check(entries)
     return LoadedWeights(_as_state_dict(_load_state_dict(source)), FORMAT_STATE_DICT)
 
 
@@ -183,12 +205,9 @@ def weights_apply(*, model: nn.Module, state_dict: Mapping[str, torch.Tensor], a
     return model
 
 
-def output_check(*, model: nn.Module, input_shape: list[int]) -> None:
+def output_check(*, output: torch.Tensor) -> None:
     """The dummy-batch output must be finite: NaN or infinite weights make a useless model."""
-    model.eval()
-    with torch.no_grad():
-        out = model(torch.zeros(2, *input_shape))
-    if not torch.isfinite(out).all():
+    if not torch.isfinite(output).all():
         raise InvalidInput("The model's output on a dummy batch holds NaN or infinite values; "
                            "the weights are not usable.")
 
@@ -204,14 +223,15 @@ def state_dict_bytes(*, state_dict: Mapping[str, torch.Tensor]) -> bytes:
     return buffer.getvalue()
 
 
-def torchscript_bytes(*, model: nn.Module, input_shape: list[int]) -> bytes:
-    """A traced TorchScript archive of the model in eval mode; the batch size stays free."""
+def torchscript_write(*, model: nn.Module, input_shape: list[int], path: Path) -> None:
+    """Write a traced TorchScript archive of the model (eval mode) to `path`; the batch size stays free.
+
+    torch writes the archive's records straight to the file, so no copy of it is held in memory.
+    """
     model.eval()
     example = torch.zeros(2, *input_shape)
-    buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         # torch.jit is deprecated upstream but still the format users load without our code.
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model, example, check_trace=False)
-        torch.jit.save(traced, buffer)
-    return buffer.getvalue()
+        torch.jit.save(traced, os.fspath(path))

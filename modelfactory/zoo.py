@@ -71,8 +71,8 @@ def mobilenet_v3_small_net(input_shape: list[int], num_classes: int) -> ZooModel
     return ZooModel(net, classifier, input_shape)
 
 
-def smoke_output(model: nn.Module, input_shape: list[int]) -> tuple[int, ...]:
-    """Shape of the output for a dummy batch of two."""
+def smoke_output(model: nn.Module, input_shape: list[int]) -> torch.Tensor:
+    """The output for a dummy batch of one (eval mode, no gradients)."""
     model.eval()
     with torch.no_grad():
-        return tuple(model(torch.zeros(2, *input_shape)).shape)
+        return model(torch.zeros(1, *input_shape))

@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 import torch
 
 from modelfactory.models import ModelVersion, RegisteredModel
 from tests.modelfactory.files import build, saved, scripted, stored_files
+
+TORCHSCRIPT_REFUSED = ("The file is a TorchScript archive, a program that CLaaS never runs (loading it would run its "
+                       "code); save a state_dict with torch.save(model.state_dict(), path) instead.")
 
 
 def download(api, url: str):
@@ -63,14 +67,13 @@ def test_multipart_registration_with_a_state_dict_keeps_those_weights(api, regis
     assert_same_weights(load_bytes(download(api, v1["download_url"])), model.state_dict())
 
 
-def test_a_torchscript_archive_is_accepted_and_its_state_dict_kept(api, register):
+def test_a_torchscript_archive_is_refused_with_how_to_save_a_state_dict(api, register, data_dir):
     model = build("simple_cnn", seed=5, channels=4)
     response = register("scripted", file=scripted(model, [1, 8, 8]), architecture="simple_cnn",
                         params={"channels": 4})
-    assert response.status_code == 201, response.json()
-    [v1] = response.json()["versions"]
-    assert v1["source_format"] == "torchscript"
-    assert_same_weights(load_bytes(download(api, v1["download_url"])), model.state_dict())
+    body = assert_refused_and_nothing_stored(response, 400, data_dir)
+    assert body["error"] == TORCHSCRIPT_REFUSED
+    assert not RegisteredModel.objects.exists()
 
 
 def test_uploading_weights_adds_the_next_version(api, register):
@@ -223,11 +226,11 @@ def test_an_oversized_request_is_refused_from_its_length(settings, api, register
 
 
 @pytest.mark.parametrize("content, error", [
-    (b"sepal_length,label\n5.1,0\n", "The file is not a PyTorch weights file; save model.state_dict() with "
-                                     "torch.save, or a TorchScript archive with torch.jit.save."),
+    (b"sepal_length,label\n5.1,0\n", "The file is not a PyTorch weights file; save a state_dict with "
+                                     "torch.save(model.state_dict(), path)."),
     (b"", "file: The submitted file is empty."),
-    (b"\x89PNG\r\n\x1a\n" + bytes(64), "The file is not a PyTorch weights file; save model.state_dict() with "
-                                       "torch.save, or a TorchScript archive with torch.jit.save."),
+    (b"\x89PNG\r\n\x1a\n" + bytes(64), "The file is not a PyTorch weights file; save a state_dict with "
+                                       "torch.save(model.state_dict(), path)."),
 ])
 def test_a_file_that_is_not_weights_is_refused(register, data_dir, content, error):
     from django.core.files.uploadedfile import SimpleUploadedFile
@@ -307,6 +310,29 @@ def test_a_version_upload_needs_a_file(register, api):
     response = api.post("/api/models/mymodel/versions/", {"note": "no file"}, format="multipart")
     assert response.status_code == 400
     assert response.json()["error"].startswith("file: ")
+
+
+def test_weights_in_an_undocumented_field_are_refused_not_ignored(register, api, data_dir):
+    # `weights` instead of `file` used to register a random initialisation (201) and drop the upload.
+    weights = saved(build(seed=4).state_dict())
+    response = api.post("/api/models/", {"name": "mymodel", "architecture": "simple_mlp",
+                                         "params": json.dumps({"hidden_size": 16}), "weights": weights},
+                        format="multipart")
+    body = assert_refused_and_nothing_stored(response, 400, data_dir)
+    assert body["error"] == ("Unknown field 'weights'; the fields are: name, architecture, params, description, "
+                             "seed, file.")
+    assert body["details"] == {"unknown": ["weights"]}
+    assert not RegisteredModel.objects.exists()
+
+
+def test_a_version_upload_with_undocumented_fields_is_refused_naming_them(register, api):
+    register("mymodel")
+    response = api.post("/api/models/mymodel/versions/", {"file": saved(build().state_dict()), "notes": "typo",
+                                                          "weights": saved(build().state_dict())},
+                        format="multipart")
+    assert response.status_code == 400
+    assert response.json()["error"] == "Unknown fields 'notes', 'weights'; the fields are: file, note."
+    assert ModelVersion.objects.count() == 1
 
 
 # --- delete ----------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Reading uploaded weights: what is accepted, what is refused, and that nothing is unpickled."""
 from __future__ import annotations
 
+import collections
 import io
 import os
 import pickle
@@ -18,6 +19,8 @@ from tests.modelfactory.files import build
 
 PICKLED = "The file holds a pickled Python object, not a state_dict;"
 NOT_WEIGHTS = "The file is not a PyTorch weights file;"
+TORCHSCRIPT_REFUSED = ("The file is a TorchScript archive, a program that CLaaS never runs (loading it would run its "
+                       "code); save a state_dict with torch.save(model.state_dict(), path) instead.")
 LIMIT = 10 * 1024 * 1024
 
 
@@ -48,13 +51,39 @@ def test_a_state_dict_in_the_legacy_format_is_read():
     assert all(torch.equal(loaded.state_dict[k], v) for k, v in state.items())
 
 
-def test_a_torchscript_archive_from_a_path_gives_its_modules_state_dict(tmp_path: Path):
+def test_a_state_dict_saved_to_a_path_is_read_whatever_its_root_folder(tmp_path: Path):
+    # torch.save names the archive's root folder after the file; the layout check allows any root.
+    state = build().state_dict()
+    path = tmp_path / "my.fine-tuned weights.pt"
+    torch.save(state, path)
+    with zipfile.ZipFile(path) as archive:
+        assert {n.split("/", 1)[0] for n in archive.namelist()} == {"my.fine-tuned weights"}
+    assert list(weights_read(source=str(path), max_unpacked_bytes=LIMIT).state_dict) == list(state)
+
+
+@pytest.mark.parametrize("as_path", [True, False])
+def test_a_torchscript_archive_is_refused_and_never_loaded(tmp_path: Path, monkeypatch, as_path: bool):
+    def never(*args, **kwargs):
+        raise AssertionError("torch.jit.load was called on uploaded bytes")
+
     scripted = torch.jit.script(nn.Sequential(nn.Linear(4, 3), nn.ReLU()))
     path = tmp_path / "model.pt"
     torch.jit.save(scripted, str(path))
-    loaded = weights_read(source=str(path), max_unpacked_bytes=LIMIT)
-    assert loaded.source_format == "torchscript"
-    assert list(loaded.state_dict) == ["0.weight", "0.bias"]
+    monkeypatch.setattr(torch.jit, "load", never)
+    error = refusal(str(path) if as_path else io.BytesIO(path.read_bytes()))
+    assert error.message == TORCHSCRIPT_REFUSED
+
+
+def test_a_zip_with_a_member_torch_save_does_not_write_is_refused_naming_it():
+    raw = torch_saved(build().state_dict()).getvalue()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(raw)) as source, zipfile.ZipFile(buffer, "w") as target:
+        for info in source.infolist():
+            target.writestr(info, source.read(info))
+        target.writestr("archive/notes.txt", b"hello")
+    error = refusal(io.BytesIO(buffer.getvalue()))
+    assert error.message.startswith(NOT_WEIGHTS)
+    assert error.details == {"member": "archive/notes.txt"}
 
 
 class Exploit:
@@ -122,3 +151,92 @@ def test_a_compressed_archive_that_unpacks_beyond_the_limit_is_refused():
     with pytest.raises(PayloadTooLarge) as caught:
         weights_read(source=buffer, max_unpacked_bytes=LIMIT)
     assert caught.value.message.startswith(f"The archive unpacks to {LIMIT + 1} bytes;")
+
+
+# --- what the weights_only reader can reach ----------------------------------------------------
+def torch_layout_zip(data_pkl: bytes, **members: bytes) -> io.BytesIO:
+    """An archive laid out as torch.save lays it out, around a hand-written data.pkl."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("archive/data.pkl", data_pkl)
+        archive.writestr("archive/version", b"3\n")
+        archive.writestr("archive/byteorder", b"little")
+        for name, content in members.items():
+            archive.writestr(f"archive/data/{name}", content)
+    buffer.seek(0)
+    return buffer
+
+
+def global_call(module: str, name: str, path: bytes) -> bytes:
+    """A protocol-2 pickle that calls module.name(path, True, 16): GLOBAL, arguments, REDUCE."""
+    return (pickle.PROTO + b"\x02" + pickle.GLOBAL + f"{module}\n{name}\n".encode()
+            + pickle.BINUNICODE + len(path).to_bytes(4, "little") + path
+            + pickle.NEWTRUE + pickle.BININT1 + b"\x10" + pickle.TUPLE3 + pickle.REDUCE + pickle.STOP)
+
+
+class Reduce:
+    def __init__(self, func, args) -> None:
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+@pytest.mark.parametrize("make", [
+    lambda path: global_call("torch", "from_file", bytes(path)),
+    lambda path: global_call("torch", "UntypedStorage.from_file", bytes(path)),
+    lambda path: global_call("torch.storage", "UntypedStorage.from_file", bytes(path)),
+    lambda path: pickle.dumps({"w": Reduce(torch.from_file, (str(path), True, 16))}, protocol=2),
+    lambda path: pickle.dumps({"w": Reduce(torch.UntypedStorage.from_file, (str(path), True, 16))}, protocol=2),
+], ids=["GLOBAL torch.from_file", "GLOBAL torch.UntypedStorage.from_file",
+        "GLOBAL torch.storage.UntypedStorage.from_file", "getattr(torch, from_file)",
+        "getattr(UntypedStorage, from_file)"])
+def test_the_weights_only_reader_cannot_call_from_file(tmp_path: Path, make, legacy: bool):
+    # torch.from_file(path, shared=True, ...) would create the file; the reader refuses the call.
+    # (A confirmation of torch's weights_only unpickler, which CLaaS relies on; not a change.)
+    created = tmp_path / "created-by-from-file"
+    data_pkl = make(created)
+    source = io.BytesIO(data_pkl) if legacy else torch_layout_zip(data_pkl)
+    error = refusal(source)
+    assert error.message.startswith((PICKLED, NOT_WEIGHTS))
+    assert not created.exists()
+
+
+class StoragePointer(pickle.Pickler):
+    """Pickles a tensor whose storage key is any string, as a hostile torch.save file would."""
+
+    def persistent_id(self, obj):
+        if isinstance(obj, str) and obj.startswith("storage:"):
+            return "storage", torch.FloatStorage, obj.removeprefix("storage:"), "cpu", 16
+        return None
+
+
+@pytest.mark.parametrize("make_key", [lambda secret: f"../../../..{secret}", lambda secret: str(secret),
+                                      lambda secret: f"0/../../../../..{secret}"],
+                         ids=["relative", "absolute", "through a member"])
+def test_storage_keys_name_archive_members_never_server_paths(tmp_path: Path, make_key):
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"S" * 64)
+    key = make_key(secret)
+    buffer = io.BytesIO()
+    StoragePointer(buffer, protocol=2).dump({"w": Reduce(torch._utils._rebuild_tensor_v2, (
+        f"storage:{key}", 0, (16,), (1,), False, collections.OrderedDict()))})
+    error = refusal(torch_layout_zip(buffer.getvalue(), **{"0": bytes(64)}))
+    assert error.message.startswith(NOT_WEIGHTS)
+
+
+def test_a_member_name_hidden_behind_a_nul_byte_is_seen():
+    # Python's zipfile shows "archive/data/1" where torch's reader sees the whole name.
+    raw = torch_saved(build().state_dict()).getvalue()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(raw)) as source, zipfile.ZipFile(buffer, "w") as target:
+        for info in source.infolist():
+            target.writestr(info, source.read(info))
+        target.writestr("archive/data/99X/../code/__torch__.py", b"def f(): pass")
+    # zipfile will not write a NUL into a name: put it in the bytes (local header and central directory).
+    hidden = buffer.getvalue().replace(b"archive/data/99X/", b"archive/data/99\x00/")
+    with zipfile.ZipFile(io.BytesIO(hidden)) as archive:
+        assert "archive/data/99" in archive.namelist()
+    error = refusal(io.BytesIO(hidden))
+    assert error.message == TORCHSCRIPT_REFUSED
