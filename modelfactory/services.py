@@ -28,6 +28,7 @@ from modelfactory.selectors import (
     DOWNLOAD_FORMATS,
     mlflow_name,
     model_version_export_path,
+    model_version_files,
     model_version_load,
     model_version_path,
     model_version_users,
@@ -290,7 +291,7 @@ def registered_model_delete(*, owner: Any, name: str) -> None:
             if users:
                 raise Conflict(f"Registered model '{name}' version {version.version} is used by {users[0]}; "
                                "delete that first.", details={"used_by": users})
-        paths = [model_version_path(version=v) for v in versions]
+        paths = [path for v in versions for path in model_version_files(version=v)]  # weights and exports
         mirrored = [v.mlflow_version for v in versions if v.mlflow_version]
         registry_name = mlflow_name(model=registered)
         try:

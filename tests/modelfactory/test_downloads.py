@@ -80,8 +80,6 @@ def test_exports_lie_in_the_owners_model_folder_and_are_listed_for_deletion(api,
     assert sorted(p for p in owned.iterdir()) == sorted(files)  # no temporary file left behind
 
 
-@pytest.mark.xfail(strict=True, reason="registered_model_delete (owned by the quota change) must remove "
-                                       "model_version_files(version=...), not only model_version_path")
 def test_deleting_a_model_removes_its_exports(api, wide, data_dir, django_capture_on_commit_callbacks):
     body(api.get(TORCHSCRIPT))
     with django_capture_on_commit_callbacks(execute=True):
