@@ -206,6 +206,10 @@ MAX_MODEL_PARAMETERS = _env_int("CLAAS_MAX_MODEL_PARAMETERS", 200_000_000)
 # meta device before any forward pass; 0 lifts a limit. resnet18 at 3x512x512 takes 149 MiB and 19 GFLOPs.
 MAX_ACTIVATION_BYTES = _env_int("CLAAS_MAX_ACTIVATION_BYTES", 256 * 1024 * 1024)
 MAX_MODEL_FLOPS = _env_int("CLAAS_MAX_MODEL_FLOPS", 20_000_000_000)
+# Drift detection (issue 13: one lsdd ingest took 16 GB): a detector fit or the test of one ingested batch
+# whose estimated peak exceeds this is refused, and those running at once share it (clserver/drift_budget.py).
+# The default detector (mmd) testing the largest ingest (10,000 rows of 64 features) measured 487 MiB.
+DRIFT_MEMORY_BYTES = _env_int("CLAAS_DRIFT_MEMORY_BYTES", 1024 * 1024 * 1024)
 
 # --- REST API ----------------------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -20,6 +20,8 @@ import numpy as np
 from claas_site.errors import InvalidInput
 from claas_site.lazy import lazy_import
 from claas_site.params import Param, Registry
+from clserver import drift_budget
+from clserver.drift_budget import CHUNK_BYTES
 from clserver.drift_fast import accelerate
 
 # torch loads on first use, so the web process starts without it.
@@ -29,6 +31,7 @@ nn = lazy_import("torch.nn")
 # alibi-detect reports every saving and loading step at INFO; only its warnings matter here.
 logging.getLogger("alibi_detect").setLevel(logging.WARNING)
 
+# Each detector's memory formula is registered under the same name in clserver/drift_budget.py.
 DETECTORS = Registry("detector")
 PREPROCESSORS = Registry("preprocess")
 
@@ -250,8 +253,10 @@ def cvm_online(x_ref: np.ndarray, *, ert: float, window_size: int, n_bootstraps:
             f"detector.n_bootstraps is {n_bootstraps} but cvm_online with ert {ert:g} on {n_features} features "
             f"needs at least {needed}; raise it, lower ert, or reduce the features with a preprocess.",
             details={"detector.n_bootstraps": n_bootstraps, "needed": needed})
+    # Bootstrap streams are simulated a batch at a time; a smaller batch gives the same thresholds.
+    batch_size = drift_budget.cvm_batch_size(n_ref=len(x_ref), window_size=window_size, n_bootstraps=n_bootstraps)
     return CVMDriftOnline(x_ref, ert=ert, window_sizes=[window_size], n_bootstraps=n_bootstraps,
-                          preprocess_fn=preprocess_fn, verbose=False)
+                          preprocess_fn=preprocess_fn, verbose=False, batch_size=batch_size)
 
 
 # --- options -----------------------------------------------------------------------------------
@@ -322,19 +327,29 @@ def detector_fit(*, options: dict[str, Any], x_ref: np.ndarray, model: nn.Module
     """Build and fit a detector on the reference sample; raise InvalidInput when it cannot be."""
     from alibi_detect.cd.pytorch import preprocess_drift
 
+    from clserver.drift_modules import encoder_costs
+
     entry = DETECTORS.get(options["name"], "detector.name")
     params = {p.name: options[p.name] for p in entry.params}
     x_ref = np.ascontiguousarray(x_ref, dtype=np.float32)
     preprocess_fn, n_features = None, int(x_ref.shape[1])
+    encoder_bytes = batch_bytes = 0
     pre = options.get("preprocess")
     if pre:
         pre_entry = PREPROCESSORS.get(pre["name"], "detector.preprocess.name")
         pre_params = {p.name: pre[p.name] for p in pre_entry.params}
         encoder = pre_entry.builder(n_features=n_features, model=model, input_shape=input_shape, **pre_params)
-        preprocess_fn = partial(preprocess_drift, model=encoder, device=torch.device(DEVICE),
-                                batch_size=PREPROCESS_BATCH)
+        encoder_bytes, row_bytes = encoder_costs(encoder, torch.from_numpy(x_ref[:1]))
+        # A batch of the preprocess holds its activations at once: as many rows as CHUNK_BYTES takes.
+        batch = max(1, min(PREPROCESS_BATCH, CHUNK_BYTES // max(row_bytes, 1)))
+        batch_bytes = batch * row_bytes
+        preprocess_fn = partial(preprocess_drift, model=encoder, device=torch.device(DEVICE), batch_size=batch)
         n_features = int(preprocess_fn(x_ref[:2]).reshape(2, -1).shape[1])
-    with seeded(FIT_SEED), _quiet():
+    sizes = drift_budget.Sizes(n_ref=len(x_ref), n_features=n_features, n_raw=int(x_ref.shape[1]), rows=0,
+                               encoder_bytes=encoder_bytes, batch_activation_bytes=batch_bytes)
+    minimums = {"n_reference": 10, **{p.name: int(p.min) for p in entry.params if p.type == "int"}}
+    need = drift_budget.check_creation(name=entry.name, options=options, sizes=sizes, minimums=minimums)
+    with drift_budget.reserved(need), seeded(FIT_SEED), _quiet():
         try:
             return accelerate(entry.builder(x_ref, preprocess_fn=preprocess_fn, n_features=n_features, **params))
         except InvalidInput:
@@ -374,13 +389,31 @@ def detector_state_load(detector: Any, path: Path) -> None:
 def detector_check(*, detector: Any, options: dict[str, Any], x: np.ndarray) -> CheckResult:
     """Test one batch. Batch detectors test it at once; online ones sample by sample."""
     x = np.ascontiguousarray(x, dtype=np.float32)
+    need = drift_budget.check_batch(name=options["name"], options=options, sizes=_fitted_sizes(detector, x))
     try:
-        with seeded(CHECK_SEED), _quiet():
+        with drift_budget.reserved(need), seeded(CHECK_SEED), _quiet():
             if detector_kind(options) == "online":
                 return _check_online(detector, options, x)
             return _check_batch(detector, options, x)
     except (ValueError, RuntimeError) as exc:
         raise InvalidInput(f"The {options['name']} detector could not test this batch: {_first_line(exc)}") from exc
+
+
+def _fitted_sizes(detector: Any, x: np.ndarray) -> drift_budget.Sizes:
+    """What the memory of testing `x` grows with, read from a fitted (or loaded) detector."""
+    inner = getattr(detector, "_detector", detector)
+    shape = tuple(inner.x_ref.shape)
+    encoder_bytes = batch_bytes = 0
+    pre = getattr(inner, "preprocess_fn", None)
+    if isinstance(pre, partial) and isinstance(pre.keywords.get("model"), nn.Module):
+        costs = getattr(detector, "_encoder_costs", None)
+        if costs is None:  # one forward pass of one row, once per loaded detector
+            from clserver.drift_modules import encoder_costs
+
+            costs = detector._encoder_costs = encoder_costs(pre.keywords["model"], torch.from_numpy(x[:1]))
+        encoder_bytes, batch_bytes = costs[0], costs[1] * int(pre.keywords.get("batch_size", PREPROCESS_BATCH))
+    return drift_budget.Sizes(n_ref=int(shape[0]), n_features=math.prod(shape[1:]), n_raw=int(x.shape[1]),
+                              rows=len(x), encoder_bytes=encoder_bytes, batch_activation_bytes=batch_bytes)
 
 
 def _float(value: Any) -> float | None:
@@ -417,6 +450,7 @@ def _check_online(detector: Any, options: dict[str, Any], x: np.ndarray) -> Chec
         row_thr = np.asarray(data.get("threshold"), dtype=np.float64).max() if data.get("threshold") is not None else None
         if detected_at is None:
             stat, threshold = row_stat, row_thr
+        _trim_online_state(detector)
         if data["is_drift"] and detected_at is None:
             detected_at = i
             # As alibi-detect advises: after a detection the test starts again from an empty window.
@@ -427,6 +461,17 @@ def _check_online(detector: Any, options: dict[str, Any], x: np.ndarray) -> Chec
                  "window_size": options["window_size"]},
         state_changed=True,
     )
+
+
+def _trim_online_state(detector: Any) -> None:
+    """alibi-detect appends every sample's statistic and prediction to an online detector's state (and
+    cvm_online every sample), copying all of them on each sample, and never reads them back: keep
+    what the next sample needs, so the state (in memory and on disk) stays the size of the window."""
+    inner = getattr(detector, "_detector", detector)
+    inner.test_stats = inner.test_stats[:0]
+    inner.drift_preds = inner.drift_preds[:0]
+    if getattr(inner, "xs", None) is not None and hasattr(inner, "max_ws"):
+        inner.xs = inner.xs[-inner.max_ws:]
 
 
 def _first_line(exc: Exception) -> str:

@@ -1,6 +1,8 @@
 """Torch modules used by drift detection (imported when a detector is built)."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -25,3 +27,25 @@ class DomainClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+def encoder_costs(encoder: nn.Module, row: torch.Tensor) -> tuple[int, int]:
+    """The encoder's parameter and buffer bytes, and its activations for one row: the outputs of all its
+    modules on `row` (one forward pass), every one counted as if all were alive at once."""
+    weights = sum(t.numel() * t.element_size() for t in (*encoder.parameters(), *encoder.buffers()))
+    total = 0
+
+    def add(module: nn.Module, inputs: Any, output: Any) -> None:
+        nonlocal total
+        for tensor in output if isinstance(output, (tuple, list)) else (output,):
+            if isinstance(tensor, torch.Tensor):
+                total += tensor.numel() * tensor.element_size()
+
+    hooks = [m.register_forward_hook(add) for m in encoder.modules()]
+    try:
+        with torch.no_grad():
+            encoder(row)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return weights, total

@@ -1,4 +1,5 @@
-"""The vectorised KS and MMD scoring gives plain alibi-detect's answers, and survives saving and loading."""
+"""The vectorised, chunked KS, MMD and LSDD scoring gives plain alibi-detect's answers, and survives saving
+and loading."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import ks_2samp
 
-from clserver import drift
+from clserver import drift, drift_budget
 from clserver.drift_fast import is_accelerated, ks_asymptotic_p_values, ks_statistics
 from clserver.streams import load_digits_arrays
 
@@ -25,18 +26,21 @@ def digits() -> dict[str, np.ndarray]:
             "brightened": np.clip(x[idx[2 * N:3 * N]] * 1.1, 0, 1).astype(np.float32)}
 
 
-def _fit(name: str, ref: np.ndarray) -> tuple[dict, object]:
-    options = drift.detector_options(raw={"name": name})
+def _fit(name: str, ref: np.ndarray, **raw) -> tuple[dict, object]:
+    options = drift.detector_options(raw={"name": name, **raw})
     return options, drift.detector_fit(options=options, x_ref=ref, model=None, input_shape=[ref.shape[1]])
 
 
 def _plain(name: str, ref: np.ndarray, options: dict) -> object:
     """The same detector straight from alibi-detect, without the vectorised scoring."""
-    from alibi_detect.cd import KSDrift, MMDDrift
+    from alibi_detect.cd import KSDrift, LSDDDrift, MMDDrift
 
     with drift.seeded(drift.FIT_SEED):
         if name == "ks":
             return KSDrift(ref, p_val=options["p_val"], correction=options["correction"])
+        if name == "lsdd":
+            return LSDDDrift(ref, backend="pytorch", p_val=options["p_val"],
+                             n_permutations=options["n_permutations"], device="cpu")
         return MMDDrift(ref, backend="pytorch", p_val=options["p_val"], n_permutations=options["n_permutations"],
                         device="cpu")
 
@@ -46,8 +50,8 @@ def _predict(detector: object, x: np.ndarray) -> dict:
         return detector.predict(x, return_p_val=True, return_distance=True)["data"]
 
 
-def test_fitted_ks_and_mmd_detectors_are_accelerated_and_others_are_not(digits):
-    for name in ("ks", "mmd"):
+def test_fitted_ks_mmd_and_lsdd_detectors_are_accelerated_and_others_are_not(digits):
+    for name in ("ks", "mmd", "lsdd"):
         assert is_accelerated(_fit(name, digits["ref"])[1])
     _, tabular = _fit("tabular", digits["ref"])
     assert not is_accelerated(tabular)
@@ -105,3 +109,62 @@ def test_a_saved_and_reloaded_detector_is_accelerated_and_answers_the_same(digit
     assert [(r.is_drift, r.p_val, r.distance, r.threshold) for r in after] == [
         (r.is_drift, r.p_val, r.distance, r.threshold) for r in before]
     assert [r.is_drift for r in after] == [False, True]
+
+
+def test_a_reloaded_lsdd_detector_is_accelerated_and_scores_as_alibi_would(digits, tmp_path: Path):
+    # (alibi's own save and load of an LSDD detector moves its normalised reference by rounding.)
+    options, fast = _fit("lsdd", digits["ref"])
+    drift.detector_save(fast, tmp_path / "detector")
+    loaded = drift.detector_load(tmp_path / "detector")
+    assert is_accelerated(loaded)
+    inner = loaded._detector
+    for batch in ("same", "shifted"):
+        with drift.seeded(drift.CHECK_SEED):
+            ours = inner.score(digits[batch])
+        with drift.seeded(drift.CHECK_SEED):
+            theirs = type(inner).score(inner, digits[batch])
+        assert ours == theirs
+
+
+def test_ks_in_blocks_of_features_gives_the_same_answers(digits, monkeypatch):
+    options, fast = _fit("ks", digits["ref"])
+    whole = _predict(fast, digits["brightened"])
+    # Room for 3 features of 1,000 values at a time: 22 blocks instead of one.
+    monkeypatch.setattr(drift_budget, "CHUNK_BYTES", 3 * drift_budget.KS_BYTES_PER_VALUE * 2 * N)
+    blocks = _predict(fast, digits["brightened"])
+    assert np.array_equal(blocks["distance"], whole["distance"]) and np.array_equal(blocks["p_val"], whole["p_val"])
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 200_000, 2**40], ids=["one-permutation", "some", "all-at-once"])
+def test_lsdd_in_chunks_of_permutations_is_plain_alibi_to_the_last_bit(digits, monkeypatch, settings, chunk_bytes):
+    monkeypatch.setattr(drift_budget, "CHUNK_BYTES", chunk_bytes)
+    settings.DRIFT_MEMORY_BYTES = 2**42  # room for chunks of any size
+    options, fast = _fit("lsdd", digits["ref"], n_permutations=300)
+    plain = _plain("lsdd", digits["ref"], options)
+    assert not is_accelerated(plain)
+    for batch, drifted in (("same", False), ("brightened", True), ("shifted", True)):
+        ours, theirs = _predict(fast, digits[batch]), _predict(plain, digits[batch])
+        assert bool(ours["is_drift"]) is drifted
+        for key in ("is_drift", "p_val", "distance", "distance_threshold", "threshold"):
+            assert ours[key] == theirs[key], key
+
+
+def test_mmd_kernel_computed_in_blocks_of_rows_gives_the_same_answers(digits, monkeypatch):
+    options, fast = _fit("mmd", digits["ref"])
+    whole = [_predict(fast, digits[b]) for b in ("same", "shifted")]
+    # Blocks of 64 to 128 rows (KERNEL_MIN_ROWS) instead of one 500 x 500 kernel per block of K.
+    monkeypatch.setattr(drift_budget, "CHUNK_BYTES", 1)
+    blocks = [_predict(fast, digits[b]) for b in ("same", "shifted")]
+    assert blocks == whole
+
+
+def test_cvm_online_thresholds_do_not_depend_on_how_many_streams_are_simulated_at_once(digits):
+    from alibi_detect.cd import CVMDriftOnline
+
+    ref = digits["ref"][:100, :2]
+    thresholds = []
+    for batch_size in (64, 7):
+        with drift.seeded(drift.FIT_SEED):
+            thresholds.append(CVMDriftOnline(ref, ert=50, window_sizes=[10], n_bootstraps=300,
+                                             batch_size=batch_size, verbose=False).thresholds)
+    assert np.array_equal(thresholds[0], thresholds[1], equal_nan=True)
