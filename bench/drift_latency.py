@@ -1,4 +1,4 @@
-"""Benchmark 3: one drift check of every registered detector, through clserver.drift (alibi-detect,
+"""Benchmark 3: one drift check of every registered detector, through clserver.drift.detectors (alibi-detect,
 pytorch backend, CPU): a batch of 1,000 samples against 1,000 reference samples of 64 features."""
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ MAX_REPEATS = 15
 
 def digits_batches(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Reference and test batch: digits (64 features) drawn apart, the test batch slightly brightened."""
-    from clserver.streams import load_digits_arrays
+    from clserver.training.streams import load_digits_arrays
 
     x, _ = load_digits_arrays()
     rng = np.random.RandomState(seed)
@@ -29,7 +29,7 @@ def digits_batches(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def time_detector(name: str, ref: np.ndarray, batch: np.ndarray, quick: bool) -> dict[str, Any]:
-    from clserver import drift
+    from clserver.drift import detectors as drift
 
     options = drift.detector_options(raw={"name": name})
     started = time.perf_counter()
@@ -52,7 +52,7 @@ def time_detector(name: str, ref: np.ndarray, batch: np.ndarray, quick: bool) ->
 
 def run(ctx: Context) -> Section:
     ctx.django()
-    from clserver import drift
+    from clserver.drift import detectors as drift
 
     ref, batch = digits_batches()
     results = []
@@ -64,7 +64,7 @@ def run(ctx: Context) -> Section:
 
     section = Section(3, "Drift-check latency")
     section.setup = (
-        f"Each detector of the registry (`clserver.drift`, alibi-detect with `backend=\"pytorch\"` on the CPU, "
+        f"Each detector of the registry (`clserver.drift.detectors`, alibi-detect with `backend=\"pytorch\"` on the CPU, "
         f"default parameters) fitted on {N_REFERENCE} reference samples of sklearn's digits (64 features), then "
         f"`detector_check` on a batch of {N_BATCH} other digits, brightened by 10 % (a mild drift); the median "
         f"of up to {MAX_REPEATS} checks within {BUDGET_S:.0f} s (at least one) after one untimed warm-up check. "
@@ -83,7 +83,7 @@ def run(ctx: Context) -> Section:
     section.notes.append(
         "Where the time goes: plain alibi-detect 0.13 runs one scipy `ks_2samp` per feature for `ks` (64 calls, "
         "`method='asymp'`) and, for `mmd`, re-indexes the 2,000 x 2,000 kernel matrix once per permutation "
-        "(`mmd2_from_kernel_matrix`, 100 times). `clserver.drift_fast.accelerate`, applied to every `ks` and `mmd` "
+        "(`mmd2_from_kernel_matrix`, 100 times). `clserver.drift.fast.accelerate`, applied to every `ks` and `mmd` "
         "detector when it is fitted or loaded, replaces those two methods on the instance. `ks` sorts all features "
         "at once and gets the same statistics as scipy, bit for bit, and the same asymptotic p-values (scipy's "
         "`kstwo.sf` at the same effective size, once per distinct statistic): most of its time is now that "

@@ -22,7 +22,7 @@ INGEST_ROWS = 600
 
 def ingest_rotated(ctx: Context) -> None:
     """Labelled, rotated digits in the buffer: the data the update will train on."""
-    from clserver.streams import load_digits_arrays, rotate_images
+    from clserver.training.streams import load_digits_arrays, rotate_images
 
     client = ctx.client()
     x, y = load_digits_arrays()

@@ -72,7 +72,7 @@ def prepare(workdir: Path, say: Any = print) -> tuple[Any, Any, list[Target]]:
     while client.get(f"/base-scenario/{USER}/status/training").json()["epoch"] < 1:
         time.sleep(0.5)
     say("deployment 'served' ready; experiment 'training' is training")
-    from clserver.streams import load_digits_arrays
+    from clserver.training.streams import load_digits_arrays
 
     rows = load_digits_arrays()[0][:8].tolist()
     targets = [Target("status", "GET", f"/base-scenario/{USER}/status/training"),

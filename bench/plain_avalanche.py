@@ -66,7 +66,7 @@ def deterministic_setup(args: argparse.Namespace) -> None:
 
 def stream_arrays(args: argparse.Namespace) -> Any:
     """The experiment's stream as arrays, cut exactly as the service cuts it (numpy only)."""
-    from clserver import streams
+    from clserver.training import streams
 
     if args.data == "digits":
         x, y = streams.load_digits_arrays()

@@ -106,7 +106,7 @@ def run(ctx: Context) -> Section:
         "(`results.cost.train_time_s`, the sum of the `strategy.train()` calls), with its progress events "
         "(the row and one event per epoch, one transaction) and heartbeats inside it; the per-epoch losses go "
         "to MLflow in one call after each experience's training. The runner takes each minibatch by indexing "
-        "tensors gathered once per experience (`clserver/tensor_batches.py`): the same minibatches and "
+        "tensors gathered once per experience (`clserver/training/tensor_batches.py`): the same minibatches and "
         "random draws as Avalanche's loader, without its per-sample `dataset[i]` calls and collation. "
         "**(b) plain Avalanche**: a fresh Python process "
         "(`bench/plain_avalanche.py`) with the same arrays, Avalanche's `SimpleMLP` (the same layers, so the "

@@ -78,7 +78,7 @@ def _ok(response: requests.Response, code: int) -> dict[str, Any]:
 
 
 def sample_rows(n: int, seed: int = 0) -> np.ndarray:
-    from clserver.streams import load_digits_arrays
+    from clserver.training.streams import load_digits_arrays
 
     x, _ = load_digits_arrays()
     return x[np.random.RandomState(seed).choice(len(x), n, replace=False)]
@@ -239,14 +239,14 @@ def run(ctx: Context) -> Section:
         "Per request, CLaaS checks the token and finds the caller's deployment and its champion version in "
         "the database (one query, so a rotated token or a rollback takes effect on the next request), validates "
         "the inputs as the API does and answers the class with the version that made it. Token calls to "
-        "`predict` are served by an ASGI layer in front of Django (`clserver/predict_fast.py`) on a pool of 4 "
+        "`predict` are served by an ASGI layer in front of Django (`clserver/serving/predict_fast.py`) on a pool of 4 "
         "threads; any other request, and any call that is not a plain success, goes through Django and DRF. "
         "MLflow's scoring server is one FastAPI route around `pyfunc.predict`, without authentication or a "
         "database.")
     section.notes.append(
         "The web process reaps each finished request from daphne's bookkeeping at once and freezes its "
-        "long-lived objects out of the garbage collector (`claas_site/daphne_reaping.py`, "
-        "`claas_site/long_lived.py`); without that, collector pauses of 1 to 2 ms every 150 or so requests "
+        "long-lived objects out of the garbage collector (`clserver/serving/daphne_reaping.py`, "
+        "`clserver/serving/long_lived.py`); without that, collector pauses of 1 to 2 ms every 150 or so requests "
         "set CLaaS's p99, which then tied with MLflow's at 1 client.")
     section.data = {"results": [{"clients": c, "claas": a, "mlflow": b} for c, a, b in results],
                     "agreement": [agree, total]}

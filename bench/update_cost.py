@@ -50,7 +50,7 @@ QUICK = Config(permuted_experiences=4, ordered_experiences=3, epochs=1, copies=1
 
 def drifting_digits(copies: int, seed: int = 0, max_angle: float = 90.0) -> tuple[np.ndarray, np.ndarray]:
     """Digits in a random order whose rotation grows slowly from 0 to `max_angle` degrees over the rows."""
-    from clserver.streams import load_digits_arrays, rotate_images
+    from clserver.training.streams import load_digits_arrays, rotate_images
 
     x, y = load_digits_arrays()
     rng = np.random.RandomState(seed)
@@ -68,7 +68,7 @@ def upload_drifting_dataset(copies: int) -> Any:
     from django.contrib.auth import get_user_model
     from django.core.files.uploadedfile import SimpleUploadedFile
 
-    from clserver.datasets import dataset_create
+    from clserver.datasets.services import dataset_create
     from clserver.models import Dataset
 
     owner, _ = get_user_model().objects.get_or_create(username="bench")
@@ -82,7 +82,7 @@ def upload_drifting_dataset(copies: int) -> Any:
 
 
 def load_stream(name: str, params: dict[str, Any], owner: Any) -> Any:
-    from clserver.benchmarks import benchmark_source
+    from clserver.training.benchmarks import benchmark_source
 
     _, source = benchmark_source(name=name, params=params, owner=owner)
     return source.load()
@@ -115,8 +115,8 @@ def _strategy(name: str, params: dict[str, Any], n_classes: int, input_shape: li
     from avalanche.training.plugins import EvaluationPlugin
     from torch import nn
 
-    from clserver.strategies import OPTIMIZERS, STRATEGIES
-    from clserver.tensor_batches import TensorBatchesPlugin
+    from clserver.training.strategies import OPTIMIZERS, STRATEGIES
+    from clserver.training.tensor_batches import TensorBatchesPlugin
     from modelfactory.architectures import architecture_build, architecture_params
 
     model_params = architecture_params(architecture=MODEL["architecture"], params={
@@ -136,7 +136,7 @@ def _accuracy_so_far(model: Any, stream: Any, upto: int) -> float:
     """Mean test accuracy over the experiences seen so far (the runner's evaluation)."""
     import torch
 
-    from clserver.runner import evaluate
+    from clserver.training.runner import evaluate
 
     row = evaluate(model, stream, torch.device("cpu"), EVAL_MB)
     return float(np.mean(row[:upto + 1]))
@@ -158,7 +158,7 @@ def _quiet() -> None:
 
 def warm_up(stream: Any) -> None:
     """One short untimed training first, so that neither arm pays the process's first-call costs."""
-    from clserver.runner import stream_to_avalanche
+    from clserver.training.runner import stream_to_avalanche
 
     strategy = _strategy(STRATEGY["name"], STRATEGY["params"], stream.n_classes, stream.input_shape, 1, _Counter())
     scenario = stream_to_avalanche(stream)
@@ -170,7 +170,7 @@ def replay_arm(stream: Any, epochs: int, ctx: Context, spec: dict[str, Any] = ST
     """One model, updated experience by experience with a strategy (`spec`, memory MEMORY)."""
     from avalanche.training.determinism.rng_manager import RNGManager
 
-    from clserver.runner import stream_to_avalanche
+    from clserver.training.runner import stream_to_avalanche
 
     RNGManager.set_random_seeds(SEED)
     counter = _Counter()

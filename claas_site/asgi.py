@@ -9,10 +9,11 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set up first)
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from claas_site import body_limit, daphne_reaping  # noqa: E402
-from claas_site.long_lived import freeze_long_lived  # noqa: E402
+from clserver.serving import body_limit  # noqa: E402
+from clserver.serving import daphne_reaping  # noqa: E402
+from clserver.serving.long_lived import freeze_long_lived  # noqa: E402
 from claas_site.routing import SameOriginValidator, websocket_urlpatterns  # noqa: E402
-from clserver.predict_fast import PredictFastPath  # noqa: E402
+from clserver.serving.predict_fast import PredictFastPath  # noqa: E402
 
 body_limit.daphne_install()  # oversized bodies get 413 before daphne reads them
 daphne_reaping.daphne_install()  # finished requests are let go at once

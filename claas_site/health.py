@@ -21,7 +21,7 @@ def _check_queue() -> None:
 
 
 def _check_mlflow() -> None:
-    from clserver import tracking
+    from claas_site import tracking
 
     tracking.ping()
 

@@ -22,7 +22,7 @@ def _size_text(n: int) -> str:
 def user_dirs(*, owner: Any) -> list[Path]:
     """Every folder that holds files on the user's behalf: named after the user's id, and the user's
     MLflow artifacts (copies of models and deployment versions) when the MLflow store is local."""
-    from clserver.tracking import user_artifact_dir
+    from claas_site.tracking import user_artifact_dir
 
     uid = str(owner.pk)
     dirs = [

@@ -9,7 +9,8 @@ from django.conf import settings
 from django.http.request import is_same_domain, split_domain_port, validate_host
 from django.urls import path, re_path
 
-from clserver import consumers, deployment_consumers
+from clserver.experiments import consumers
+from clserver.deployments import consumers as deployment_consumers
 
 CLOSE_NOT_FOUND = 4404
 DEFAULT_PORTS = {"http": 80, "https": 443}

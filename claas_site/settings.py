@@ -195,7 +195,7 @@ WHITENOISE_USE_FINDERS = True
 MAX_UPLOAD_BYTES = _env_int("CLAAS_MAX_UPLOAD_BYTES", 200 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
-# Anonymous request bodies (issue 13, claas_site/body_limit.py): a body over this many bytes, or of
+# Anonymous request bodies (issue 13, clserver/serving/body_limit.py): a body over this many bytes, or of
 # unknown length, is read only with a valid token or session; otherwise 401 before it is read.
 MAX_ANONYMOUS_BODY_BYTES = _env_int("CLAAS_MAX_ANONYMOUS_BODY_BYTES", 64 * 1024)
 MAX_DATASET_ROWS = _env_int("CLAAS_MAX_DATASET_ROWS", 1_000_000)
@@ -207,7 +207,7 @@ MAX_MODEL_PARAMETERS = _env_int("CLAAS_MAX_MODEL_PARAMETERS", 200_000_000)
 MAX_ACTIVATION_BYTES = _env_int("CLAAS_MAX_ACTIVATION_BYTES", 256 * 1024 * 1024)
 MAX_MODEL_FLOPS = _env_int("CLAAS_MAX_MODEL_FLOPS", 20_000_000_000)
 # Drift detection (issue 13: one lsdd ingest took 16 GB): a detector fit or the test of one ingested batch
-# whose estimated peak exceeds this is refused, and those running at once share it (clserver/drift_budget.py).
+# whose estimated peak exceeds this is refused, and those running at once share it (clserver/drift/budget.py).
 # The default detector (mmd) testing the largest ingest (10,000 rows of 64 features) measured 487 MiB.
 DRIFT_MEMORY_BYTES = _env_int("CLAAS_DRIFT_MEMORY_BYTES", 1024 * 1024 * 1024)
 
@@ -232,7 +232,7 @@ REST_FRAMEWORK = {
     },
 }
 
-# Token `predict` calls are answered by an ASGI layer in front of Django (clserver/predict_fast.py);
+# Token `predict` calls are answered by an ASGI layer in front of Django (clserver/serving/predict_fast.py);
 # with a predict rate limit set, every call goes through DRF, where the throttle is.
 PREDICT_FAST_PATH = (_env_bool("CLAAS_PREDICT_FAST_PATH", True)
                      and REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["predict"] is None)
@@ -279,7 +279,7 @@ def redis_channel_layer(url: str, prefix: str) -> dict:
     }
 
 
-# Queues (clserver/queues.py): `train` (training, model updates: GPU workers) and `default`
+# Queues (clserver/jobs/queues.py): `train` (training, model updates: GPU workers) and `default`
 # (drift checks, light jobs). HUEY is the `default` queue; HUEY_QUEUES holds the others.
 # Embedded: one SQLite queue and one worker serve both, so HUEY_QUEUES is empty.
 HUEY_QUEUES: dict[str, dict] = {}
@@ -319,7 +319,7 @@ JOB_HEARTBEAT_S = float(os.environ.get("CLAAS_JOB_HEARTBEAT_S", "5"))
 JOB_STALE_AFTER_S = float(os.environ.get("CLAAS_JOB_STALE_AFTER_S", "30"))
 JOB_REAPER_INTERVAL_S = float(os.environ.get("CLAAS_JOB_REAPER_INTERVAL_S", "10"))
 JOB_MAX_ATTEMPTS = _env_int("CLAAS_JOB_MAX_ATTEMPTS", 3)
-# Fair training (clserver/jobs.py): a free worker thread starts the queued job of the user with the
+# Fair training (clserver/jobs/runner.py): a free worker thread starts the queued job of the user with the
 # fewest running jobs, so one tenant's queue never holds the others back. This also caps how many train
 # jobs one user runs at once, over all workers (0: no cap; the fair order alone).
 FAIR_RUNNING_PER_USER = max(0, _env_int("CLAAS_FAIR_RUNNING_PER_USER", 0))

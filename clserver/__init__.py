@@ -1,1 +1,1 @@
-"""CL server: experiments, benchmarks, strategies, runner, drift, deployments, tracking."""
+"""CL server: experiments, deployments, training, drift, jobs, datasets, serving."""

@@ -95,4 +95,4 @@ class ExperimentEvent(models.Model):
         ordering = ["id"]
 
 
-from clserver.deployment_models import *  # noqa
+from clserver.deployments.models import *  # noqa

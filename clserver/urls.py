@@ -1,8 +1,8 @@
 """REST routes of the CL server under /api/."""
 from django.urls import path
 
-from clserver import api
-from clserver import deployment_api as dep
+from clserver.experiments import api
+from clserver.deployments import api as dep
 
 urlpatterns = [
     path("experiments/", api.ExperimentListApi.as_view(), name="experiment-list"),

@@ -1,7 +1,7 @@
 """The seed's base-scenario routes (paths fixed by the contract)."""
 from django.urls import path
 
-from clserver import api
+from clserver.experiments import api
 
 urlpatterns = [
     path("setup/", api.ExperimentSetupApi.as_view(), name="base-setup"),

@@ -9,9 +9,9 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 
 from claas_site.errors import NotFound
-from clserver import selectors
-from clserver.deployment_models import Deployment
-from clserver.options import TRAINING_PARAMS
+from clserver.experiments import selectors
+from clserver.deployments.models import Deployment
+from clserver.experiments.options import TRAINING_PARAMS
 from modelfactory.models import RegisteredModel
 
 

@@ -130,7 +130,7 @@ def _weights_write(*, owner: Any, model: nn.Module) -> tuple[str, str, int]:
     """Write the normalised state_dict under a fresh name; returns (relative path, sha256, size)."""
     data = state_dict_bytes(state_dict=state_dict_normalised(model=model))
     # The MLflow mirror keeps two more copies (the state_dict and the logged model) where it is counted.
-    from clserver.tracking import user_artifact_dir
+    from claas_site.tracking import user_artifact_dir
 
     copies = 3 if user_artifact_dir(username=owner.username) else 1
     quota_stored_bytes_check(owner=owner, adding=copies * len(data))
@@ -191,7 +191,7 @@ def model_version_export(*, version: ModelVersion, format: str) -> tuple[Path, s
 # --- MLflow ----------------------------------------------------------------------------------
 def _mirror(*, version: ModelVersion, model: nn.Module) -> str | None:
     """Register the version in MLflow; on failure the version stays and the reason is returned."""
-    from clserver import tracking
+    from claas_site import tracking
 
     registered = version.model
     tags = {
@@ -217,7 +217,7 @@ def _mirror(*, version: ModelVersion, model: nn.Module) -> str | None:
 
 def _mlflow_forget(*, username: str, model: str, name: str, versions: list[str]) -> None:
     """Delete the model's MLflow runs and their files (they count in the user's quota), then its versions."""
-    from clserver import tracking
+    from claas_site import tracking
 
     try:
         tracking.runs_delete(username=username, tag="claas.model", value=model)

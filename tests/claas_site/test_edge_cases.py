@@ -127,7 +127,7 @@ def test_deeply_nested_json_inside_a_form_field_is_a_400(api):
 
 def test_a_recursion_bug_elsewhere_is_still_a_server_error(user):
     """Only JSON decoding is the input's fault; a runaway recursion in the code stays a logged 500."""
-    with mock.patch("clserver.selectors.experiment_list", side_effect=RecursionError("a bug")):
+    with mock.patch("clserver.experiments.selectors.experiment_list", side_effect=RecursionError("a bug")):
         client = Client(raise_request_exception=False)
         client.force_login(user)
         response = client.get("/api/experiments/")

@@ -171,7 +171,7 @@ def _slices_ns(pid: int) -> list[int]:
 def test_workers_run_below_the_web_process_priority(service):
     """Serving answers first on a shared machine: every worker thread has nice 10 and a long time slice
     (a waking web thread, whose slice is shorter, preempts training at once); the web process has neither."""
-    from clserver.tasks import WORKER_SLICE_NS
+    from clserver.jobs.tasks import WORKER_SLICE_NS
 
     worker = service.workers[0]
     deadline = time.time() + 60
@@ -195,7 +195,7 @@ def _cores() -> int:
 ])
 def test_worker_torch_threads_leave_a_core_to_serving_in_the_embedded_mode(settings, monkeypatch, configured,
                                                                           redis, omp, expected):
-    from clserver.queues import worker_torch_threads
+    from clserver.jobs.queues import worker_torch_threads
 
     settings.TORCH_THREADS, settings.REDIS_URL = configured, redis
     monkeypatch.setenv("OMP_NUM_THREADS", omp)

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from daphne.server import Server
 
-from claas_site import body_limit, daphne_reaping
-from clserver.deployment_serving import LruCache
+from clserver.serving import body_limit
+from clserver.serving import daphne_reaping
+from clserver.serving.cache import LruCache
 from tests.service import ROOT
 
 
@@ -128,7 +129,7 @@ def test_what_a_first_model_load_imports_is_left_out_of_later_collections(monkey
 
 def test_a_process_that_froze_its_objects_still_exits_cleanly():
     code = ("import sip_qp_python\n"  # a nanobind extension Avalanche brings in: it reports leaks at exit
-            "from claas_site.long_lived import freeze_long_lived\n"
+            "from clserver.serving.long_lived import freeze_long_lived\n"
             "freeze_long_lived()\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -136,7 +137,7 @@ def test_a_process_that_froze_its_objects_still_exits_cleanly():
 
 
 def test_the_daphne_hooks_were_written_for_the_installed_daphne_and_twisted():
-    """claas_site/body_limit.py and daphne_reaping.py mirror these releases' internals: a new release fails
+    """clserver/serving/body_limit.py and daphne_reaping.py mirror these releases' internals: a new release fails
     here (and the web process refuses to start) until the hooks are checked against it."""
     import daphne
     import twisted

@@ -11,7 +11,7 @@ import pytest
 import torch
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from clserver.streams import load_digits_arrays, rotate_images, stratified_split
+from clserver.training.streams import load_digits_arrays, rotate_images, stratified_split
 from modelfactory.architectures import architecture_build
 from tests.service import ROOT
 

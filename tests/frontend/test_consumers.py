@@ -11,7 +11,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from claas_site.asgi import application
-from clserver.events import experiment_event_record
+from clserver.experiments.events import experiment_event_record
 from clserver.models import Experiment
 
 pytestmark = pytest.mark.django_db(transaction=True)

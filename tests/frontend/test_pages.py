@@ -7,7 +7,7 @@ import pytest
 from django.conf import settings
 from django.test import Client
 
-from clserver.deployment_models import Deployment
+from clserver.deployments.models import Deployment
 from clserver.models import Experiment
 from modelfactory.models import RegisteredModel
 

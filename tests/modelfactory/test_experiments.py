@@ -19,7 +19,7 @@ def registered_with_two_versions(api, register):
 
 
 def test_an_experiment_starts_from_the_registered_versions_weights(api, register):
-    from clserver.runner import initial_model
+    from clserver.training.runner import initial_model
 
     weights = registered_with_two_versions(api, register)
     response = api.post("/base-scenario/setup/", {**SETUP, "model": {"registered": "mymodel", "version": 2}},

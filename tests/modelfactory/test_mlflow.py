@@ -6,7 +6,7 @@ import json
 import mlflow
 import torch
 
-from clserver import tracking
+from claas_site import tracking
 from modelfactory.models import ModelVersion
 from tests.modelfactory.files import build, saved
 from tests.service import free_port

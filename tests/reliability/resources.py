@@ -11,8 +11,8 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from clserver.models import Experiment, JobStatus
-from clserver.options import options_validate
-from clserver.services import experiment_dir
+from clserver.experiments.options import options_validate
+from clserver.experiments.services import experiment_dir
 from modelfactory.architectures import architecture_build, architecture_params
 
 OPTIONS = {"model": {"architecture": "simple_mlp", "params": {"hidden_size": 16}},

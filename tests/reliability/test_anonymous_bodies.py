@@ -3,7 +3,7 @@
 daphne used to take in and spool any body up to the upload limit before Django saw who sent it:
 six anonymous uploads held 2.4 GB of temporary files. Now a body over the anonymous limit, or of
 unknown length, needs a valid token or session, checked from the headers before the body is read
-(claas_site/body_limit.py). Against the live server, by hand-written requests where it matters
+(clserver/serving/body_limit.py). Against the live server, by hand-written requests where it matters
 what the server does before the body arrives.
 """
 from __future__ import annotations

@@ -12,7 +12,7 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from clserver.streams import load_digits_arrays, rotate_images
+from clserver.training.streams import load_digits_arrays, rotate_images
 from tests.reliability.live import (
     events,
     experiment_row,

@@ -22,7 +22,7 @@ def test_an_unknown_page_stays_an_html_404(db):
 
 def test_an_unhandled_failure_answers_one_sentence_and_never_the_trace(user):
     # A bug cannot be caused on purpose, so one is planted in the selector the view calls.
-    with mock.patch("clserver.selectors.experiment_list", side_effect=RuntimeError("secret internals")):
+    with mock.patch("clserver.experiments.selectors.experiment_list", side_effect=RuntimeError("secret internals")):
         client = Client(raise_request_exception=False)
         client.force_login(user)
         response = client.get("/api/experiments/")

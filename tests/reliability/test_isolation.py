@@ -24,7 +24,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from clserver.deployment_models import Deployment, DeploymentUpdate
+from clserver.deployments.models import Deployment, DeploymentUpdate
 from clserver.models import Dataset, Experiment, JobStatus
 from modelfactory.models import ModelVersion, RegisteredModel
 from tests.reliability.resources import (

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from claas_site.errors import InvalidInput
 from claas_site.params import Param
-from clserver.benchmarks import BENCHMARKS
-from clserver.options import TOP_KEYS, TRAINING_PARAMS, options_validate
-from clserver.strategies import OPTIMIZERS, STRATEGIES
+from clserver.training.benchmarks import BENCHMARKS
+from clserver.experiments.options import TOP_KEYS, TRAINING_PARAMS, options_validate
+from clserver.training.strategies import OPTIMIZERS, STRATEGIES
 from modelfactory.architectures import ARCHITECTURES
 
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,

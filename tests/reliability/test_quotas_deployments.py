@@ -11,13 +11,13 @@ import torch
 from django.conf import settings as django_settings
 
 from claas_site.quotas import stored_bytes
-from clserver import tracking
-from clserver.deployment_models import Deployment, DeploymentBatch, DeploymentVersion
-from clserver.deployment_update import version_register
+from claas_site import tracking
+from clserver.deployments.models import Deployment, DeploymentBatch, DeploymentVersion
+from clserver.deployments.update import version_register
 from clserver.models import Experiment, JobStatus
-from clserver.options import options_validate
-from clserver.services import experiment_dir
-from clserver.streams import load_digits_arrays
+from clserver.experiments.options import options_validate
+from clserver.experiments.services import experiment_dir
+from clserver.training.streams import load_digits_arrays
 from modelfactory.architectures import architecture_build
 
 OPTIONS = {"exp_name": "digits", "model": {"architecture": "simple_mlp", "params": {"hidden_size": 16}},

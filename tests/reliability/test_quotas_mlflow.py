@@ -10,7 +10,7 @@ import torch
 from django.conf import settings
 
 from claas_site.quotas import stored_bytes
-from clserver import tracking
+from claas_site import tracking
 from modelfactory.architectures import architecture_build
 from modelfactory.models import ModelVersion
 

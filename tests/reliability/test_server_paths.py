@@ -11,10 +11,10 @@ import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
 
-from clserver import services
-from clserver.deployment_models import DeploymentBatch, DeploymentUpdate
-from clserver.deployment_update import DeploymentUpdateJob
-from clserver.experiment_job import ExperimentJob
+from clserver.experiments import services
+from clserver.deployments.models import DeploymentBatch, DeploymentUpdate
+from clserver.deployments.update import DeploymentUpdateJob
+from clserver.experiments.job import ExperimentJob
 from clserver.models import Experiment
 
 SMALL = {"benchmark": {"name": "split_digits", "n_experiences": 2, "seed": 3},
@@ -31,10 +31,10 @@ def data_dir(settings, tmp_path: Path) -> Path:
     settings.CHECKPOINT_DIR = tmp_path / "checkpoints"
     settings.DEPLOYMENT_DIR = tmp_path / "deployments"
     # Jobs run here, in-process; nothing goes to a queue.
-    with mock.patch("clserver.tasks.experiment_enqueue"), \
-            mock.patch("clserver.deployment_tasks.deployment_update_enqueue"), \
-            mock.patch("clserver.deployment_tasks.deployment_version_register_enqueue"), \
-            mock.patch("clserver.deployment_tasks.deployment_aliases_sync_enqueue"):
+    with mock.patch("clserver.jobs.tasks.experiment_enqueue"), \
+            mock.patch("clserver.deployments.tasks.deployment_update_enqueue"), \
+            mock.patch("clserver.deployments.tasks.deployment_version_register_enqueue"), \
+            mock.patch("clserver.deployments.tasks.deployment_aliases_sync_enqueue"):
         yield tmp_path
 
 

@@ -1,7 +1,7 @@
 """Untrusted uploads: bounded before they are read or unpacked, never used as paths, never unpickled.
 
 The refusals of pickles, object arrays, NaN and traversal-style dataset names are in
-tests/clserver/test_datasets.py and tests/modelfactory/; these add the limits on size, rows,
+tests/clserver/datasets/test_datasets.py and tests/modelfactory/; these add the limits on size, rows,
 columns and unpacked bytes, against the live server where the server itself is involved.
 """
 from __future__ import annotations

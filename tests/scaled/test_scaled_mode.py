@@ -14,7 +14,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.testing import WebsocketCommunicator
 
 from claas_site.settings import redis_channel_layer
-from clserver.events import experiment_group
+from clserver.experiments.events import experiment_group
 from tests.scaled.conftest import Scaled
 from tests.service import ROOT
 
@@ -190,8 +190,8 @@ ROUTING = """
 import json
 import django
 django.setup()
-from clserver.queues import queue_huey
-from clserver.tasks import light_task, run_experiment
+from clserver.jobs.queues import queue_huey
+from clserver.jobs.tasks import light_task, run_experiment
 
 @light_task
 def drift_check(deployment_id):

@@ -8,6 +8,6 @@ class Command(BaseCommand):
     help = "Create the MLflow tracking store's tables so the first request does not pay for it."
 
     def handle(self, *args, **options) -> None:
-        from clserver import tracking
+        from claas_site import tracking
 
         tracking.store_init()

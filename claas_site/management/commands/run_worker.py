@@ -22,7 +22,7 @@ class Command(RunHueyCommand):
 
     def handle(self, *args, **options) -> None:
         # Imported here: the queues need the app registry, which is ready only now.
-        from clserver.queues import queue_huey, queues_separate, worker_device
+        from clserver.jobs.queues import queue_huey, queues_separate, worker_device
 
         queue = options.pop("queue")
         if queue is None:

@@ -1,0 +1,1 @@
+"""Uploaded datasets: safe parsing of NPZ and CSV, storage, listing."""

@@ -1,0 +1,1 @@
+"""Deployments: serving versions, ingest with drift checks, validated updates, rollback."""

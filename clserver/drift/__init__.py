@@ -1,0 +1,1 @@
+"""Drift detection: the alibi-detect boundary, CLaaS's fast paths, memory budget, preprocessing."""

@@ -1,0 +1,1 @@
+"""Experiments: setup, execution, results, events and their websocket (the base scenario)."""

@@ -1,0 +1,178 @@
+"""REST API of the CL server: one thin class per action."""
+from __future__ import annotations
+
+from django.http import FileResponse
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from claas_site.errors import NotFound
+from claas_site.serializers import RegistryEntrySerializer
+from clserver.datasets import services as datasets
+from clserver.experiments import selectors
+from clserver.experiments import services
+from clserver.training.benchmarks import BENCHMARKS
+from clserver.experiments.serializers import (
+    DatasetOutputSerializer,
+    DatasetUploadInputSerializer,
+    EventSerializer,
+    ExperimentOutputSerializer,
+    ExperimentResultsSerializer,
+    ExperimentSetupInputSerializer,
+    ExperimentStatusSerializer,
+)
+from clserver.training.strategies import OPTIMIZERS, STRATEGIES
+
+ERRORS = {code: OpenApiResponse(description="{\"error\": \"...\", \"details\": {...}}")
+          for code in (400, 401, 403, 404, 409)}
+
+
+# --- the base scenario -------------------------------------------------------------------------
+class ExperimentSetupApi(APIView):
+    @extend_schema(summary="Set up an experiment with its options.", request=ExperimentSetupInputSerializer,
+                   responses={201: ExperimentOutputSerializer, **ERRORS})
+    def post(self, request: Request) -> Response:
+        raw = dict(request.data) if isinstance(request.data, dict) else request.data
+        overwrite = raw.pop("overwrite", False) if isinstance(raw, dict) else False
+        if not isinstance(overwrite, bool):
+            from claas_site.errors import InvalidInput
+
+            raise InvalidInput("overwrite must be true or false.", details={"overwrite": str(overwrite)})
+        experiment = services.experiment_setup(owner=request.user, raw=raw, overwrite=overwrite)
+        return Response(ExperimentOutputSerializer(experiment).data, status=status.HTTP_201_CREATED)
+
+
+class ExperimentExecApi(APIView):
+    @extend_schema(summary="Train the model continually (queues the experiment).", request=None,
+                   responses={202: ExperimentStatusSerializer, **ERRORS})
+    def post(self, request: Request, username: str, exp_name: str) -> Response:
+        selectors.path_user_check(user=request.user, username=username)
+        experiment = services.experiment_execute(owner=request.user, name=exp_name)
+        return Response(selectors.experiment_status(experiment=experiment), status=status.HTTP_202_ACCEPTED)
+
+
+class ExperimentResultsApi(APIView):
+    @extend_schema(summary="Final results and model (partial while running).",
+                   responses={200: ExperimentResultsSerializer, **ERRORS})
+    def get(self, request: Request, username: str, exp_name: str) -> Response:
+        selectors.path_user_check(user=request.user, username=username)
+        experiment = selectors.experiment_get(owner=request.user, name=exp_name)
+        return Response(selectors.experiment_results(experiment=experiment))
+
+
+class ExperimentStatusApi(APIView):
+    @extend_schema(summary="Progress of an experiment.", responses={200: ExperimentStatusSerializer, **ERRORS})
+    def get(self, request: Request, username: str, exp_name: str) -> Response:
+        selectors.path_user_check(user=request.user, username=username)
+        experiment = selectors.experiment_get(owner=request.user, name=exp_name)
+        return Response(selectors.experiment_status(experiment=experiment))
+
+
+# --- experiments as a resource -------------------------------------------------------------
+class ExperimentListApi(APIView):
+    @extend_schema(summary="Your experiments, newest first.", responses={200: ExperimentOutputSerializer(many=True)})
+    def get(self, request: Request) -> Response:
+        experiments = selectors.experiment_list(owner=request.user).select_related("owner")
+        return Response(ExperimentOutputSerializer(experiments, many=True).data)
+
+
+class ExperimentDetailApi(APIView):
+    @extend_schema(summary="One experiment.", responses={200: ExperimentOutputSerializer, **ERRORS})
+    def get(self, request: Request, exp_name: str) -> Response:
+        experiment = selectors.experiment_get(owner=request.user, name=exp_name)
+        return Response(ExperimentOutputSerializer(experiment).data)
+
+    @extend_schema(summary="Delete an experiment that is not queued or running.", responses={204: None, **ERRORS})
+    def delete(self, request: Request, exp_name: str) -> Response:
+        services.experiment_delete(owner=request.user, name=exp_name)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ExperimentCancelApi(APIView):
+    @extend_schema(summary="Cancel a queued or running experiment (it stops at the next iteration).",
+                   request=None, responses={202: ExperimentStatusSerializer, **ERRORS})
+    def post(self, request: Request, exp_name: str) -> Response:
+        experiment = services.experiment_cancel(owner=request.user, name=exp_name)
+        return Response(selectors.experiment_status(experiment=experiment), status=status.HTTP_202_ACCEPTED)
+
+
+class ExperimentEventsApi(APIView):
+    @extend_schema(summary="Stored progress events (after=<id> for the ones after an event).",
+                   responses={200: EventSerializer(many=True), **ERRORS})
+    def get(self, request: Request, exp_name: str) -> Response:
+        from clserver.experiments.events import event_as_message
+
+        experiment = selectors.experiment_get(owner=request.user, name=exp_name)
+        try:
+            after = max(0, int(request.query_params.get("after", 0)))
+        except ValueError:
+            after = 0
+        events = selectors.experiment_events(experiment=experiment, after=after)
+        return Response([event_as_message(e) for e in events])
+
+
+class ExperimentModelDownloadApi(APIView):
+    @extend_schema(summary="Download the final model's state_dict (torch.load(..., weights_only=True)).",
+                   responses={(200, "application/octet-stream"): OpenApiResponse(description="state_dict file"),
+                              **ERRORS})
+    def get(self, request: Request, exp_name: str) -> FileResponse:
+        experiment = selectors.experiment_get(owner=request.user, name=exp_name)
+        path = services.experiment_model_path(experiment=experiment)
+        if path is None:
+            raise NotFound(f"Experiment '{exp_name}' has no final model yet.")
+        return FileResponse(open(path, "rb"), as_attachment=True, filename=f"{exp_name}.pt",
+                            content_type="application/octet-stream")
+
+
+# --- registries ------------------------------------------------------------------------------
+class StrategyListApi(APIView):
+    @extend_schema(summary="Strategies with their parameters and defaults.",
+                   responses={200: RegistryEntrySerializer(many=True)})
+    def get(self, request: Request) -> Response:
+        return Response(STRATEGIES.describe())
+
+
+class OptimizerListApi(APIView):
+    @extend_schema(summary="Optimizers with their parameters and defaults.",
+                   responses={200: RegistryEntrySerializer(many=True)})
+    def get(self, request: Request) -> Response:
+        return Response(OPTIMIZERS.describe())
+
+
+class BenchmarkListApi(APIView):
+    @extend_schema(summary="Benchmarks with their parameters and defaults.",
+                   responses={200: RegistryEntrySerializer(many=True)})
+    def get(self, request: Request) -> Response:
+        return Response(BENCHMARKS.describe())
+
+
+# --- datasets --------------------------------------------------------------------------------
+class DatasetListApi(APIView):
+    parser_classes = [MultiPartParser, FormParser]
+
+    @extend_schema(summary="Your datasets.", responses={200: DatasetOutputSerializer(many=True)})
+    def get(self, request: Request) -> Response:
+        return Response(DatasetOutputSerializer(selectors.dataset_list(owner=request.user), many=True).data)
+
+    @extend_schema(summary="Upload a dataset: NPZ with x and y, or CSV with a label column.",
+                   request={"multipart/form-data": DatasetUploadInputSerializer},
+                   responses={201: DatasetOutputSerializer, **ERRORS, 413: ERRORS[400]})
+    def post(self, request: Request) -> Response:
+        serializer = DatasetUploadInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        dataset = datasets.dataset_create(owner=request.user, **serializer.validated_data)
+        return Response(DatasetOutputSerializer(dataset).data, status=status.HTTP_201_CREATED)
+
+
+class DatasetDetailApi(APIView):
+    @extend_schema(summary="One dataset.", responses={200: DatasetOutputSerializer, **ERRORS})
+    def get(self, request: Request, name: str) -> Response:
+        return Response(DatasetOutputSerializer(selectors.dataset_get(owner=request.user, name=name)).data)
+
+    @extend_schema(summary="Delete a dataset no experiment is using.", responses={204: None, **ERRORS})
+    def delete(self, request: Request, name: str) -> Response:
+        datasets.dataset_delete(owner=request.user, name=name)
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,1 @@
+"""Training on Avalanche: strategies, benchmarks, streams, tensor batches, metrics, the run loop."""
