@@ -5,7 +5,9 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Max
 
-from clserver.models import ACTIVE_STATUSES, NAME_MAX_LENGTH, Experiment, JobStatus
+from clserver.experiments.models import Experiment
+from clserver.jobs.models import Job, JobStatus
+from clserver.names import NAME_MAX_LENGTH
 
 __all__ = ["Deployment", "DeploymentVersion", "DriftCheck", "DeploymentUpdate", "DeploymentBatch",
            "DeploymentEvent", "UpdateDecision", "UpdateTrigger", "VersionOrigin"]
@@ -126,7 +128,7 @@ class DriftCheck(NumberedPerDeployment):
         ordering = ["id"]
 
 
-class DeploymentUpdate(NumberedPerDeployment):
+class DeploymentUpdate(NumberedPerDeployment, Job):
     """A background update: champion + replay memory trained on buffered data, then validated."""
 
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="updates")
@@ -143,29 +145,14 @@ class DeploymentUpdate(NumberedPerDeployment):
     cost = models.JSONField(default=dict, blank=True)
     drift_check = models.ForeignKey(DriftCheck, null=True, blank=True, on_delete=models.SET_NULL,
                                     related_name="updates")
-    # Job fields, as on Experiment, so clserver.jobs.runner.JobRunner runs it.
+    # The job fields come from Job; an update is queued as soon as it exists.
     status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED)
-    error = models.TextField(blank=True, default="")
-    cancel_requested = models.BooleanField(default=False)
-    attempts = models.PositiveIntegerField(default=0)
-    run_token = models.CharField(max_length=32, blank=True, default="")
-    worker = models.CharField(max_length=200, blank=True, default="")
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    mlflow_run_id = models.CharField(max_length=64, blank=True, default="")
-    created_at = models.DateTimeField(auto_now_add=True)
-    queued_at = models.DateTimeField(null=True, blank=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
-    class Meta:
+    class Meta(Job.Meta):
         constraints = [models.UniqueConstraint(fields=["deployment", "number"],
                                                name="deployment_update_unique_number")]
         ordering = ["id"]
         indexes = [models.Index(fields=["status", "heartbeat_at"])]
-
-    @property
-    def is_active(self) -> bool:
-        return self.status in ACTIVE_STATUSES
 
     @property
     def outcome(self) -> str:

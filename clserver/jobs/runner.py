@@ -43,7 +43,7 @@ from django.db import close_old_connections, connection, models, transaction
 from django.db.models import Count, F, Max
 from django.utils import timezone
 
-from clserver.models import JobStatus
+from clserver.jobs.models import JobStatus
 from clserver.jobs.queues import (
     DeviceUnavailable,
     JobDeferred,
