@@ -21,6 +21,8 @@ from claas_site.errors import ApplicationError, InvalidInput, PayloadTooLarge
 # Working memory of one chunk of what drift_fast computes in chunks (KS features, LSDD permutations,
 # rows of a kernel matrix) and of one batch of a preprocess; at least one item is taken.
 CHUNK_BYTES = 32 * 2**20
+# Permutations of the permutation tests are drawn and scored this many at a time (clserver/drift/fast.py).
+PERMUTATION_CHUNK = 256
 # Bytes of drift_fast's KS working arrays per value of the [features, N + m] table (measured: 50.4).
 KS_BYTES_PER_VALUE = 64
 # alibi's Gaussian kernel keeps up to four float32 [a, b] matrices at once; drift_fast computes one a
@@ -103,8 +105,6 @@ def ks_cost(s: Sizes, o: dict[str, Any]) -> Cost:
 
 @formula("mmd", lower=("n_reference",))
 def mmd_cost(s: Sizes, o: dict[str, Any]) -> Cost:
-    from clserver.drift.fast import PERMUTATION_CHUNK
-
     n, f, m = s.n_ref, s.n_features, s.rows
     total = n + m
     # One (N+m)^2 kernel matrix, assembled from the kept N^2 block and new ones computed a block of

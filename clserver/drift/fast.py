@@ -23,8 +23,7 @@ torch = lazy_import("torch")
 
 # The alibi-detect release whose KSDrift.feature_score and MMDDriftTorch.score these reproduce.
 ALIBI_VERSION = "0.13."
-# Permutations whose group masks go through one matrix product: 256 columns of N floats.
-PERMUTATION_CHUNK = 256
+PERMUTATION_CHUNK = drift_budget.PERMUTATION_CHUNK
 
 
 def accelerate(detector: Any) -> Any:
