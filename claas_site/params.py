@@ -1,7 +1,8 @@
 """Parameter schemas for the registries (architectures, strategies, benchmarks, detectors).
 
 A registry entry declares its parameters once; the same declaration validates user options,
-fills defaults, and is listed by the API and rendered by the GUI form.
+fills defaults, is listed by the API, rendered by the GUI form and turned into the request
+schema of OpenAPI (claas_site/serializers.py).
 """
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from typing import Any, Callable, Sequence
 
 from claas_site.errors import InvalidInput
 
-_TYPES = {"int": int, "float": float, "bool": bool, "str": str, "int_list": list}
+PARAM_TYPES = ("int", "float", "bool", "str", "int_list")
+# An int_list parameter (e.g. an input shape) holds at most this many entries.
+INT_LIST_MAX = 64
 
 
 @dataclass(frozen=True)
@@ -70,8 +73,8 @@ class Param:
             ):
                 raise InvalidInput(f"{label} must be a non-empty list of integers.",
                                    details={label: _short(value)})
-            if len(value) > 64:
-                raise InvalidInput(f"{label} may hold at most 64 entries.", details={label: len(value)})
+            if len(value) > INT_LIST_MAX:
+                raise InvalidInput(f"{label} may hold at most {INT_LIST_MAX} entries.", details={label: len(value)})
             for v in value:
                 self._check_range(v, label)
             return list(value)

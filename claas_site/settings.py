@@ -191,13 +191,27 @@ NODE_MODULES_DIR = BASE_DIR / "node_modules"
 STATICFILES_DIRS = [("vendor", NODE_MODULES_DIR)] if NODE_MODULES_DIR.exists() else []
 WHITENOISE_USE_FINDERS = True
 
-# --- uploads and limits ----------------------------------------------------------------------
+# --- request bodies: every limit on what one request may carry ------------------------------
+# - MAX_UPLOAD_BYTES: a dataset or model file (clserver/datasets/services.py, modelfactory/api.py and
+#   services.py); the web server reads a body up to it plus DATA_UPLOAD_MAX_MEMORY_SIZE for the form's
+#   other fields (clserver/serving/body_limit.py), then 413.
+# - DATA_UPLOAD_MAX_MEMORY_SIZE (Django's): a body parsed in memory (JSON, form fields); over it, 413.
+#   The fast predict path (clserver/serving/predict_fast.py) hands a larger body on to Django.
+# - FILE_UPLOAD_MAX_MEMORY_SIZE (Django's): an uploaded file over it is spooled to disk, not refused.
+# - MAX_ANONYMOUS_BODY_BYTES (issue 13, clserver/serving/body_limit.py): a body over this many bytes, or of
+#   unknown length, is read only with a valid token or session; otherwise 401 before it is read.
+# - MAX_DEPLOYMENT_BODY_BYTES: a deployment request (clserver/deployments/api.py) declaring a larger
+#   Content-Length is refused (413) naming its size, unread; a smaller one over DATA_UPLOAD_MAX_MEMORY_SIZE
+#   is refused by Django's limit (413) as it is read.
+# - MAX_BATCH_ROWS: rows of one predict or ingest request (clserver/deployments/data.py), 413 over it.
 MAX_UPLOAD_BYTES = _env_int("CLAAS_MAX_UPLOAD_BYTES", 200 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
-# Anonymous request bodies (issue 13, clserver/serving/body_limit.py): a body over this many bytes, or of
-# unknown length, is read only with a valid token or session; otherwise 401 before it is read.
 MAX_ANONYMOUS_BODY_BYTES = _env_int("CLAAS_MAX_ANONYMOUS_BODY_BYTES", 64 * 1024)
+MAX_DEPLOYMENT_BODY_BYTES = 64 * 1024 * 1024
+MAX_BATCH_ROWS = 10_000
+
+# --- what data and models may cost ------------------------------------------------------------
 MAX_DATASET_ROWS = _env_int("CLAAS_MAX_DATASET_ROWS", 1_000_000)
 MAX_DATASET_COLUMNS = _env_int("CLAAS_MAX_DATASET_COLUMNS", 4096)
 # Largest model a user may describe (registered or trained); 0 lifts the limit. 200M float32 = 800 MB.

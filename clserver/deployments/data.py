@@ -1,4 +1,4 @@
-"""Arrays of a deployment (numpy only): request validation, samples, the replay memory, NPZ files."""
+"""Arrays of a deployment (numpy, no torch): request validation, samples, the replay memory, NPZ files."""
 from __future__ import annotations
 
 import math
@@ -9,16 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from django.conf import settings
 
 from claas_site.errors import InvalidInput, PayloadTooLarge
 
-# One predict or ingest request carries at most this many rows.
-MAX_BATCH_ROWS = 10_000
-
 
 # --- request bodies ----------------------------------------------------------------------------
-def inputs_parse(*, inputs: Any, input_shape: list[int], max_rows: int = MAX_BATCH_ROWS) -> np.ndarray:
-    """`inputs` as float32 rows of the model's feature count; one clear sentence when they are not."""
+def inputs_parse(*, inputs: Any, input_shape: list[int], max_rows: int | None = None) -> np.ndarray:
+    """`inputs` as float32 rows of the model's feature count; one clear sentence when they are not.
+
+    At most `max_rows` rows (default: settings.MAX_BATCH_ROWS, one predict or ingest request).
+    """
+    max_rows = settings.MAX_BATCH_ROWS if max_rows is None else max_rows
     n_features = math.prod(input_shape)
     if inputs is None:
         raise InvalidInput("inputs is required: a list of rows, each a list of numbers.", details={"inputs": "required"})

@@ -14,6 +14,7 @@ from claas_site.serializers import RegistryEntrySerializer
 from clserver.datasets import services as datasets
 from clserver.experiments import selectors
 from clserver.experiments import services
+from clserver.experiments.options import overwrite_pop
 from clserver.training.benchmarks import BENCHMARKS
 from clserver.experiments.serializers import (
     DatasetOutputSerializer,
@@ -35,12 +36,7 @@ class ExperimentSetupApi(APIView):
     @extend_schema(summary="Set up an experiment with its options.", request=ExperimentSetupInputSerializer,
                    responses={201: ExperimentOutputSerializer, **ERRORS})
     def post(self, request: Request) -> Response:
-        raw = dict(request.data) if isinstance(request.data, dict) else request.data
-        overwrite = raw.pop("overwrite", False) if isinstance(raw, dict) else False
-        if not isinstance(overwrite, bool):
-            from claas_site.errors import InvalidInput
-
-            raise InvalidInput("overwrite must be true or false.", details={"overwrite": str(overwrite)})
+        raw, overwrite = overwrite_pop(raw=request.data)
         experiment = services.experiment_setup(owner=request.user, raw=raw, overwrite=overwrite)
         return Response(ExperimentOutputSerializer(experiment).data, status=status.HTTP_201_CREATED)
 

@@ -29,6 +29,9 @@ TRAINING_PARAMS = (
     Param("deterministic", "bool", False, "The same results on every run on a GPU too (deterministic "
           "kernels; slower there). Training on the CPU repeats exactly anyway."),
 )
+# Not an option of the experiment: whether setup may replace one of the same name.
+OVERWRITE = Param("overwrite", "bool", False, "Replace your experiment of this name (one that is not queued "
+                  "or running and that nothing continues or deploys).")
 DEFAULT_MODEL = {"architecture": "simple_mlp", "params": {"hidden_size": 128}}
 DEFAULT_BENCHMARK = {"name": "split_digits", "n_experiences": 5, "seed": 1}
 DEFAULT_STRATEGY = {"name": "replay", "params": {"mem_size": 200}}
@@ -125,6 +128,17 @@ def _validate_model(raw_model: dict[str, Any], source: Source, owner: Any) -> tu
             f"model num_classes is {params['num_classes']} but the benchmark has {source.n_classes} classes.",
             details={"model.params.num_classes": params["num_classes"]})
     return normalized, mv
+
+
+def overwrite_pop(*, raw: Any) -> tuple[Any, bool]:
+    """The setup body without `overwrite`, and its value (false unless given)."""
+    if not isinstance(raw, dict):
+        return raw, OVERWRITE.default
+    raw = dict(raw)
+    overwrite = raw.pop(OVERWRITE.name, OVERWRITE.default)
+    if not isinstance(overwrite, bool):
+        raise InvalidInput("overwrite must be true or false.", details={"overwrite": str(overwrite)})
+    return raw, overwrite
 
 
 def options_validate(*, owner: Any, raw: Any) -> Validated:

@@ -1,51 +1,65 @@
-"""Input and output serializers of the CL server API (shapes for the OpenAPI schema)."""
+"""Input and output serializers of the CL server API (shapes for the OpenAPI schema).
+
+The setup body is validated by options.options_validate; its serializer here is generated from
+the same Params and registries, so the schema documents exactly what is checked.
+"""
 from __future__ import annotations
+
+import json
 
 from rest_framework import serializers
 
-from clserver.models import Dataset, Experiment, JobStatus
+from claas_site.serializers import param_field, params_serializer, registry_serializer
+from clserver.experiments.options import (
+    DEFAULT_BENCHMARK,
+    DEFAULT_MODEL,
+    DEFAULT_STRATEGY,
+    NAME_RE,
+    OVERWRITE,
+    TRAINING_PARAMS,
+)
+from clserver.models import NAME_MAX_LENGTH, Dataset, Experiment, JobStatus
+from clserver.training.benchmarks import BENCHMARKS
+from clserver.training.strategies import OPTIMIZERS, STRATEGIES
+from modelfactory.architectures import ARCHITECTURES
 
 
 class ModelOptionSerializer(serializers.Serializer):
-    architecture = serializers.CharField(required=False, help_text="A name from /api/architectures/.")
-    params = serializers.DictField(required=False)
+    architecture = serializers.ChoiceField(choices=ARCHITECTURES.names(), required=False,
+                                           default=DEFAULT_MODEL["architecture"],
+                                           help_text="A name from /api/architectures/.")
+    params = serializers.DictField(required=False, help_text="The architecture's parameters (/api/architectures/); "
+                                   "input_shape and num_classes follow the benchmark unless given.")
     registered = serializers.CharField(required=False, help_text="A registered model's name (instead of architecture).")
-    version = serializers.IntegerField(required=False, min_value=1)
+    version = serializers.IntegerField(required=False, min_value=1, help_text="Its version (default: latest).")
 
 
-class BenchmarkOptionSerializer(serializers.Serializer):
-    name = serializers.CharField(help_text="A name from /api/benchmarks/; other keys are its parameters.")
+# Generated from the declarations that validate them (options.py and the registries): they cannot drift.
+TrainingOptionSerializer = params_serializer(
+    component="TrainingOption", params=TRAINING_PARAMS,
+    fields={"optimizer": registry_serializer(registry=OPTIMIZERS, component="OptimizerOption", required=False,
+                                             help_text="A name from /api/optimizers/ with its parameters "
+                                             "(default sgd).")})
 
 
-class StrategyOptionSerializer(serializers.Serializer):
-    name = serializers.CharField(help_text="A name from /api/strategies/.")
-    params = serializers.DictField(required=False)
-
-
-class OptimizerOptionSerializer(serializers.Serializer):
-    name = serializers.ChoiceField(choices=["sgd", "adam", "adamw"])
-    lr = serializers.FloatField(required=False)
-    momentum = serializers.FloatField(required=False)
-    weight_decay = serializers.FloatField(required=False)
-
-
-class TrainingOptionSerializer(serializers.Serializer):
-    epochs = serializers.IntegerField(required=False, min_value=1, max_value=1000)
-    train_mb_size = serializers.IntegerField(required=False, min_value=1)
-    eval_mb_size = serializers.IntegerField(required=False, min_value=1)
-    optimizer = OptimizerOptionSerializer(required=False)
-    device = serializers.CharField(required=False)
-    seed = serializers.IntegerField(required=False, min_value=0)
+def _default(value: dict) -> str:
+    return f"Default: {json.dumps(value)}."
 
 
 class ExperimentSetupInputSerializer(serializers.Serializer):
-    exp_name = serializers.RegexField(r"^[A-Za-z0-9_.-]+$", max_length=100)
-    model = ModelOptionSerializer(required=False)
-    benchmark = BenchmarkOptionSerializer(required=False)
-    strategy = StrategyOptionSerializer(required=False)
-    training = TrainingOptionSerializer(required=False)
-    from_experiment = serializers.CharField(required=False, allow_null=True)
-    overwrite = serializers.BooleanField(required=False, default=False)
+    exp_name = serializers.RegexField(NAME_RE.pattern, max_length=NAME_MAX_LENGTH)
+    model = ModelOptionSerializer(required=False, allow_null=True, help_text=_default(DEFAULT_MODEL))
+    benchmark = registry_serializer(registry=BENCHMARKS, component="BenchmarkOption", required=False,
+                                    help_text=f"A name from /api/benchmarks/ with its parameters. "
+                                    f"{_default(DEFAULT_BENCHMARK)}")
+    strategy = registry_serializer(registry=STRATEGIES, component="StrategyOption", nested="params", required=False,
+                                   help_text=f"A name from /api/strategies/ with its params. "
+                                   f"{_default(DEFAULT_STRATEGY)}")
+    training = TrainingOptionSerializer(required=False, allow_null=True)
+    from_experiment = serializers.RegexField(NAME_RE.pattern, max_length=NAME_MAX_LENGTH, required=False,
+                                             allow_null=True, help_text="A completed experiment of yours to "
+                                             "continue (its model and strategy state); leave model out.")
+    overwrite = param_field(param=OVERWRITE)
 
 
 class ExperimentOutputSerializer(serializers.ModelSerializer):
@@ -110,7 +124,7 @@ class DatasetOutputSerializer(serializers.ModelSerializer):
 
 
 class DatasetUploadInputSerializer(serializers.Serializer):
-    name = serializers.RegexField(r"^[A-Za-z0-9_.-]+$", max_length=100)
+    name = serializers.RegexField(NAME_RE.pattern, max_length=NAME_MAX_LENGTH)
     file = serializers.FileField(help_text="NPZ with arrays x and y, or CSV with a header and a label column.")
     label_column = serializers.CharField(required=False, default="label",
                                          help_text="CSV only: the column holding the integer class label.")
