@@ -20,7 +20,7 @@ from clserver.drift import detectors as drift
 from clserver.drift import budget as drift_budget
 
 MiB = 2**20
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 # --- measuring, in a child process -------------------------------------------------------------
