@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from django.conf import settings
 
@@ -29,6 +29,8 @@ TRAINING_PARAMS = (
     Param("deterministic", "bool", False, "The same results on every run on a GPU too (deterministic "
           "kernels; slower there). Training on the CPU repeats exactly anyway."),
 )
+TRAINING_KEYS = tuple(p.name for p in TRAINING_PARAMS) + ("optimizer",)
+DEFAULT_OPTIMIZER = "sgd"
 # Not an option of the experiment: whether setup may replace one of the same name.
 OVERWRITE = Param("overwrite", "bool", False, "Replace your experiment of this name (one that is not queued "
                   "or running and that nothing continues or deploys).")
@@ -92,6 +94,31 @@ def validate_device(device: str) -> str:
             raise InvalidInput(f"training.device '{device}' does not exist; this machine has "
                                f"{torch.cuda.device_count()} CUDA device(s).", details={"training.device": device})
     return device
+
+
+def _optimizer_object(value: Any) -> dict[str, Any]:
+    # Left out (or empty) is the default optimizer, sgd with its defaults.
+    if not value:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput("training.optimizer must be an object.", details={"training.optimizer": str(value)[:50]})
+    return value
+
+
+def training_validate(*, raw: dict[str, Any], where: str,
+                      optimizer_object: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    """Training options (an experiment's `training`, a deployment's `update.training`), defaults filled.
+
+    `optimizer_object` turns the given `optimizer` into an object ({} for the default, sgd) or refuses it.
+    """
+    _only(raw, TRAINING_KEYS, where)
+    training = {p.name: (p.coerce(raw[p.name], where) if p.name in raw else p.default) for p in TRAINING_PARAMS}
+    validate_device(training["device"])
+    opt_raw = optimizer_object(raw.get("optimizer"))
+    entry = OPTIMIZERS.get(opt_raw.get("name", DEFAULT_OPTIMIZER), f"{where}.optimizer.name")
+    params = entry.validate({k: v for k, v in opt_raw.items() if k != "name"}, f"{where}.optimizer")
+    training["optimizer"] = {"name": entry.name, **params}
+    return training
 
 
 def _validate_model(raw_model: dict[str, Any], source: Source, owner: Any) -> tuple[dict[str, Any], ModelVersion | None]:
@@ -189,17 +216,8 @@ def options_validate(*, owner: Any, raw: Any) -> Validated:
         raise InvalidInput(f"strategy.params.{key} is {mem} but the benchmark has only {source.n_train} "
                            "training samples.", details={f"strategy.params.{key}": mem})
 
-    train_raw = _object(raw, "training", {})
-    _only(train_raw, tuple(p.name for p in TRAINING_PARAMS) + ("optimizer",), "training")
-    training = {p.name: (p.coerce(train_raw[p.name], "training") if p.name in train_raw else p.default)
-                for p in TRAINING_PARAMS}
-    validate_device(training["device"])
-    opt_raw = train_raw.get("optimizer") or {"name": "sgd", "lr": 0.1, "momentum": 0.9}
-    if not isinstance(opt_raw, dict):
-        raise InvalidInput("training.optimizer must be an object.", details={"training.optimizer": str(opt_raw)[:50]})
-    opt_entry = OPTIMIZERS.get(opt_raw.get("name", "sgd"), "training.optimizer.name")
-    opt_params = opt_entry.validate({k: v for k, v in opt_raw.items() if k != "name"}, "training.optimizer")
-    training["optimizer"] = {"name": opt_entry.name, **opt_params}
+    training = training_validate(raw=_object(raw, "training", {}), where="training",
+                                 optimizer_object=_optimizer_object)
 
     options = {
         "exp_name": exp_name,

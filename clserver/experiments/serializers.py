@@ -13,6 +13,7 @@ from claas_site.serializers import param_field, params_serializer, registry_seri
 from clserver.experiments.options import (
     DEFAULT_BENCHMARK,
     DEFAULT_MODEL,
+    DEFAULT_OPTIMIZER,
     DEFAULT_STRATEGY,
     NAME_RE,
     OVERWRITE,
@@ -39,7 +40,7 @@ TrainingOptionSerializer = params_serializer(
     component="TrainingOption", params=TRAINING_PARAMS,
     fields={"optimizer": registry_serializer(registry=OPTIMIZERS, component="OptimizerOption", required=False,
                                              help_text="A name from /api/optimizers/ with its parameters "
-                                             "(default sgd).")})
+                                             f"(default {DEFAULT_OPTIMIZER}).")})
 
 
 def _default(value: dict) -> str:
