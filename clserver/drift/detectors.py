@@ -10,7 +10,6 @@ import logging
 import math
 import random
 import warnings
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,6 +20,7 @@ from claas_site.errors import InvalidInput
 from claas_site.lazy import lazy_import
 from claas_site.params import Param, Registry
 from clserver.drift import budget as drift_budget
+from clserver.drift.checks import CheckResult, check_batch, check_online
 from clserver.drift.budget import CHUNK_BYTES
 from clserver.drift.fast import accelerate
 
@@ -68,18 +68,6 @@ def _online() -> tuple[Param, ...]:
         Param("window_size", "int", 20, "Test window: the most recent samples compared to the reference.",
               min=2, max=10_000),
     )
-
-
-@dataclass
-class CheckResult:
-    """One drift test, summarised the same way for every detector."""
-
-    is_drift: bool
-    p_val: float | None
-    distance: float | None
-    threshold: float | None
-    details: dict[str, Any] = field(default_factory=dict)
-    state_changed: bool = False
 
 
 # --- preprocessing (dimension reduction before the test) --------------------------------------
@@ -393,8 +381,8 @@ def detector_check(*, detector: Any, options: dict[str, Any], x: np.ndarray) -> 
     try:
         with drift_budget.reserved(need), seeded(CHECK_SEED), _quiet():
             if detector_kind(options) == "online":
-                return _check_online(detector, options, x)
-            return _check_batch(detector, options, x)
+                return check_online(detector, options, x)
+            return check_batch(detector, options, x)
     except (ValueError, RuntimeError) as exc:
         raise InvalidInput(f"The {options['name']} detector could not test this batch: {_first_line(exc)}") from exc
 
@@ -414,64 +402,6 @@ def _fitted_sizes(detector: Any, x: np.ndarray) -> drift_budget.Sizes:
         encoder_bytes, batch_bytes = costs[0], costs[1] * int(pre.keywords.get("batch_size", PREPROCESS_BATCH))
     return drift_budget.Sizes(n_ref=int(shape[0]), n_features=math.prod(shape[1:]), n_raw=int(x.shape[1]),
                               rows=len(x), encoder_bytes=encoder_bytes, batch_activation_bytes=batch_bytes)
-
-
-def _float(value: Any) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _check_batch(detector: Any, options: dict[str, Any], x: np.ndarray) -> CheckResult:
-    data = detector.predict(x, return_p_val=True, return_distance=True)["data"]
-    p_vals = np.atleast_1d(np.asarray(data["p_val"], dtype=np.float64))
-    distances = np.atleast_1d(np.asarray(data["distance"], dtype=np.float64))
-    threshold = _float(data.get("threshold"))
-    details: dict[str, Any] = {}
-    if len(p_vals) > 1:
-        # Feature-wise tests: the smallest p-value decides under Bonferroni; say how many features moved.
-        details["n_features"] = int(len(p_vals))
-        if threshold is not None:
-            details["features_drifted"] = int((p_vals < threshold).sum())
-        details["most_drifted_feature"] = int(np.argmin(p_vals))
-    if "distance_threshold" in data:
-        details["distance_threshold"] = _float(np.asarray(data["distance_threshold"]).max())
-    return CheckResult(is_drift=bool(data["is_drift"]), p_val=_float(p_vals.min()), distance=_float(distances.max()),
-                       threshold=threshold, details=details)
-
-
-def _check_online(detector: Any, options: dict[str, Any], x: np.ndarray) -> CheckResult:
-    detected_at: int | None = None
-    stat = threshold = None
-    for i, row in enumerate(x):
-        data = detector.predict(row, return_test_stat=True)["data"]
-        row_stat = np.asarray(data.get("test_stat"), dtype=np.float64).max() if data.get("test_stat") is not None else None
-        row_thr = np.asarray(data.get("threshold"), dtype=np.float64).max() if data.get("threshold") is not None else None
-        if detected_at is None:
-            stat, threshold = row_stat, row_thr
-        _trim_online_state(detector)
-        if data["is_drift"] and detected_at is None:
-            detected_at = i
-            # As alibi-detect advises: after a detection the test starts again from an empty window.
-            detector.reset_state()
-    return CheckResult(
-        is_drift=detected_at is not None, p_val=None, distance=_float(stat), threshold=_float(threshold),
-        details={"detected_at": detected_at, "time": int(detector.t), "ert": options["ert"],
-                 "window_size": options["window_size"]},
-        state_changed=True,
-    )
-
-
-def _trim_online_state(detector: Any) -> None:
-    """alibi-detect appends every sample's statistic and prediction to an online detector's state (and
-    cvm_online every sample), copying all of them on each sample, and never reads them back: keep
-    what the next sample needs, so the state (in memory and on disk) stays the size of the window."""
-    inner = getattr(detector, "_detector", detector)
-    inner.test_stats = inner.test_stats[:0]
-    inner.drift_preds = inner.drift_preds[:0]
-    if getattr(inner, "xs", None) is not None and hasattr(inner, "max_ws"):
-        inner.xs = inner.xs[-inner.max_ws:]
 
 
 def _first_line(exc: Exception) -> str:
