@@ -11,7 +11,17 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from claas_site.errors import InvalidInput, PayloadTooLarge
-from clserver.deployments import services as deployments
+from clserver.deployments.ingest import deployment_ingest
+from clserver.deployments.renderers import deployment_detail, deployment_summary, update_as_dict
+from clserver.deployments.selectors import deployment_events, deployment_get, deployment_list
+from clserver.deployments.services import (
+    deployment_create,
+    deployment_delete,
+    deployment_predict,
+    deployment_rollback,
+    deployment_update_cancel,
+    deployment_update_request,
+)
 from clserver.deployments.serializers import (
     DeploymentCreateInputSerializer,
     DeploymentDetailSerializer,
@@ -61,28 +71,27 @@ class DetectorListApi(APIView):
 class DeploymentListApi(APIView):
     @extend_schema(summary="Your deployments.", responses={200: DeploymentSummarySerializer(many=True)})
     def get(self, request: Request) -> Response:
-        return Response([deployments.deployment_summary(deployment=d)
-                         for d in deployments.deployment_list(owner=request.user)])
+        return Response([deployment_summary(deployment=d) for d in deployment_list(owner=request.user)])
 
     @extend_schema(summary="Deploy the final model of a completed experiment, or a registered model version "
                    "(then `source.reference` names a dataset for the reference sample, validation set and memory).",
                    request=DeploymentCreateInputSerializer, responses={201: DeploymentDetailSerializer, **ERRORS})
     def post(self, request: Request) -> Response:
-        deployment = deployments.deployment_create(owner=request.user, raw=_body(request))
-        return Response(deployments.deployment_detail(deployment=deployment), status=status.HTTP_201_CREATED)
+        deployment = deployment_create(owner=request.user, raw=_body(request))
+        return Response(deployment_detail(deployment=deployment), status=status.HTTP_201_CREATED)
 
 
 class DeploymentDetailApi(APIView):
     @extend_schema(summary="Champion version, versions, drift checks and updates of a deployment.",
                    responses={200: DeploymentDetailSerializer, **ERRORS})
     def get(self, request: Request, name: str) -> Response:
-        deployment = deployments.deployment_get(owner=request.user, name=name)
-        return Response(deployments.deployment_detail(deployment=deployment))
+        deployment = deployment_get(owner=request.user, name=name)
+        return Response(deployment_detail(deployment=deployment))
 
     @extend_schema(summary="Delete a deployment that is not updating (MLflow keeps its history).",
                    responses={204: None, **ERRORS})
     def delete(self, request: Request, name: str) -> Response:
-        deployments.deployment_delete(deployment=deployments.deployment_get(owner=request.user, name=name))
+        deployment_delete(deployment=deployment_get(owner=request.user, name=name))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -90,11 +99,11 @@ class DeploymentPredictApi(APIView):
     @extend_schema(summary="Predictions of the champion, and which version made them.",
                    request=PredictInputSerializer, responses={200: PredictOutputSerializer, **ERRORS})
     def post(self, request: Request, name: str) -> Response:
-        deployment = deployments.deployment_get(owner=request.user, name=name)
+        deployment = deployment_get(owner=request.user, name=name)
         body = _body(request)
         if set(body) - {"inputs"}:
             raise InvalidInput(f"Unknown key '{sorted(set(body) - {'inputs'})[0]}'; predict takes only inputs.")
-        return Response(deployments.deployment_predict(deployment=deployment, inputs=body.get("inputs")))
+        return Response(deployment_predict(deployment=deployment, inputs=body.get("inputs")))
 
 
 class DeploymentIngestApi(APIView):
@@ -102,13 +111,13 @@ class DeploymentIngestApi(APIView):
                    "trigger fires and enough samples are buffered.",
                    request=IngestInputSerializer, responses={200: IngestOutputSerializer, **ERRORS})
     def post(self, request: Request, name: str) -> Response:
-        deployment = deployments.deployment_get(owner=request.user, name=name)
+        deployment = deployment_get(owner=request.user, name=name)
         body = _body(request)
         unknown = sorted(set(body) - {"inputs", "labels"})
         if unknown:
             raise InvalidInput(f"Unknown key '{unknown[0]}'; ingest takes inputs and labels.")
-        return Response(deployments.deployment_ingest(deployment=deployment, inputs=body.get("inputs"),
-                                                      labels=body.get("labels")))
+        return Response(deployment_ingest(deployment=deployment, inputs=body.get("inputs"),
+                                          labels=body.get("labels")))
 
 
 class DeploymentUpdateApi(APIView):
@@ -116,9 +125,9 @@ class DeploymentUpdateApi(APIView):
                    "training options for this update).",
                    request=UpdateRequestInputSerializer, responses={202: UpdateRefSerializer, **ERRORS})
     def post(self, request: Request, name: str) -> Response:
-        deployment = deployments.deployment_get(owner=request.user, name=name)
-        update = deployments.deployment_update_request(deployment=deployment, raw=dict(_body(request)))
-        return Response(deployments.update_as_dict(update), status=status.HTTP_202_ACCEPTED)
+        deployment = deployment_get(owner=request.user, name=name)
+        update = deployment_update_request(deployment=deployment, raw=dict(_body(request)))
+        return Response(update_as_dict(update), status=status.HTTP_202_ACCEPTED)
 
 
 class DeploymentUpdateCancelApi(APIView):
@@ -126,19 +135,19 @@ class DeploymentUpdateCancelApi(APIView):
                    "deployment); its data goes back to the buffer.", request=None,
                    responses={202: UpdateRefSerializer, **ERRORS})
     def post(self, request: Request, name: str, update_id: int) -> Response:
-        deployment = deployments.deployment_get(owner=request.user, name=name)
-        update = deployments.deployment_update_cancel(deployment=deployment, update_id=update_id)
-        return Response(deployments.update_as_dict(update), status=status.HTTP_202_ACCEPTED)
+        deployment = deployment_get(owner=request.user, name=name)
+        update = deployment_update_cancel(deployment=deployment, update_id=update_id)
+        return Response(update_as_dict(update), status=status.HTTP_202_ACCEPTED)
 
 
 class DeploymentRollbackApi(APIView):
     @extend_schema(summary="Serve an earlier version again (one that served before).",
                    request=RollbackInputSerializer, responses={200: DeploymentDetailSerializer, **ERRORS})
     def post(self, request: Request, name: str) -> Response:
-        deployment = deployments.deployment_get(owner=request.user, name=name)
+        deployment = deployment_get(owner=request.user, name=name)
         body = _body(request)
-        deployment = deployments.deployment_rollback(deployment=deployment, version=body.get("version"))
-        return Response(deployments.deployment_detail(deployment=deployment))
+        deployment = deployment_rollback(deployment=deployment, version=body.get("version"))
+        return Response(deployment_detail(deployment=deployment))
 
 
 class DeploymentEventsApi(APIView):
@@ -147,10 +156,9 @@ class DeploymentEventsApi(APIView):
     def get(self, request: Request, name: str) -> Response:
         from clserver.experiments.events import event_as_message
 
-        deployment = deployments.deployment_get(owner=request.user, name=name)
+        deployment = deployment_get(owner=request.user, name=name)
         try:
             after = max(0, int(request.query_params.get("after", 0)))
         except ValueError:
             after = 0
-        return Response([event_as_message(e) for e in deployments.deployment_events(deployment=deployment,
-                                                                                     after=after)])
+        return Response([event_as_message(e) for e in deployment_events(deployment=deployment, after=after)])

@@ -9,7 +9,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from clserver.deployments.models import Deployment, DeploymentEvent
-from clserver.deployments.services import deployment_group
+from clserver.deployments.events import deployment_group
 from clserver.experiments.events import event_as_message
 
 # Events are tailed from the database as well as pushed through the channel layer, so the

@@ -38,16 +38,10 @@ from clserver.deployments.models import (
     UpdateDecision,
     VersionOrigin,
 )
-from clserver.deployments.services import (
-    update_event_payload,
-    challenger_version,
-    data_path,
-    deployment_dir,
-    deployment_event_record,
-    registered_name,
-    update_release_batches,
-    version_model,
-)
+from clserver.deployments.events import deployment_event_record, update_event_payload
+from clserver.deployments.paths import data_path, deployment_dir, registered_name
+from clserver.deployments.selectors import challenger_version, version_model
+from clserver.deployments.services import update_release_batches
 from clserver.jobs.runner import JobRunner, JobSuperseded
 from clserver.models import JobStatus
 from clserver.training.runner import kernels_deterministic, resolve_device, server_paths_hidden

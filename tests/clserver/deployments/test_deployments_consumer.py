@@ -12,7 +12,7 @@ from django.test import Client
 
 from claas_site.asgi import application
 from clserver.deployments.models import Deployment
-from clserver.deployments.services import deployment_event_record
+from clserver.deployments.events import deployment_event_record
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
