@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.serializers import Serializer
 from rest_framework.views import APIView
 
 from claas_site.errors import InvalidInput, PayloadTooLarge
@@ -39,8 +41,8 @@ from clserver.drift.detectors import detector_list
 
 ERRORS = {code: OpenApiResponse(description="{\"error\": \"...\", \"details\": {...}}")
           for code in (400, 401, 403, 404, 409, 413)}
-# A JSON body is parsed in memory: refuse larger ones before reading them.
-MAX_BODY_BYTES = 64 * 1024 * 1024
+# A JSON body is parsed in memory: refuse larger ones before reading them (the limits: settings.py).
+MAX_BODY_BYTES = settings.MAX_DEPLOYMENT_BODY_BYTES
 
 
 def _body(request: Request) -> dict[str, Any]:
@@ -59,6 +61,11 @@ def _body(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidInput("The request body must be a JSON object.")
     return body
+
+
+def _unknown_keys(body: dict[str, Any], serializer: type[Serializer]) -> list[str]:
+    """The body's keys its request serializer does not declare, sorted."""
+    return sorted(set(body) - set(serializer().fields))
 
 
 class DetectorListApi(APIView):
@@ -101,8 +108,9 @@ class DeploymentPredictApi(APIView):
     def post(self, request: Request, name: str) -> Response:
         deployment = deployment_get(owner=request.user, name=name)
         body = _body(request)
-        if set(body) - {"inputs"}:
-            raise InvalidInput(f"Unknown key '{sorted(set(body) - {'inputs'})[0]}'; predict takes only inputs.")
+        unknown = _unknown_keys(body, PredictInputSerializer)
+        if unknown:
+            raise InvalidInput(f"Unknown key '{unknown[0]}'; predict takes only inputs.")
         return Response(deployment_predict(deployment=deployment, inputs=body.get("inputs")))
 
 
@@ -113,7 +121,7 @@ class DeploymentIngestApi(APIView):
     def post(self, request: Request, name: str) -> Response:
         deployment = deployment_get(owner=request.user, name=name)
         body = _body(request)
-        unknown = sorted(set(body) - {"inputs", "labels"})
+        unknown = _unknown_keys(body, IngestInputSerializer)
         if unknown:
             raise InvalidInput(f"Unknown key '{unknown[0]}'; ingest takes inputs and labels.")
         return Response(deployment_ingest(deployment=deployment, inputs=body.get("inputs"),

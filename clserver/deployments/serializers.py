@@ -1,11 +1,21 @@
 """Input and output shapes of the deployment API (for the OpenAPI schema).
 
-Inputs are checked by the services (registries and numpy), so that a 10,000-row batch is not
-validated value by value and every error is one sentence naming the field.
+Inputs are checked by the services (Params, registries and numpy), so that a 10,000-row batch is
+not validated value by value and every error is one sentence naming the field; the option
+serializers here are generated from those same Params and registries.
 """
 from __future__ import annotations
 
+from django.conf import settings
 from rest_framework import serializers
+
+from claas_site.serializers import params_serializer, registry_serializer
+from clserver.deployments.options import UPDATE_EXCLUDED, UPDATE_PARAMS
+from clserver.drift.detectors import DETECTORS, PREPROCESSORS
+from clserver.experiments.options import NAME_RE, TRAINING_PARAMS
+from clserver.experiments.serializers import TrainingOptionSerializer
+from clserver.models import NAME_MAX_LENGTH
+from clserver.training.strategies import OPTIMIZERS, STRATEGIES
 
 
 class DetectorSerializer(serializers.Serializer):
@@ -26,37 +36,42 @@ class DeploymentSourceSerializer(serializers.Serializer):
         "80% gives the detector's reference sample and the replay memory, 20% the validation set.")
 
 
-class DeploymentDetectorSerializer(serializers.Serializer):
-    name = serializers.CharField(help_text="A name from /api/detectors/ (default mmd); other keys are its parameters.")
-    p_val = serializers.FloatField(required=False)
-    preprocess = serializers.DictField(
-        required=False, allow_null=True,
-        help_text="null, {\"name\": \"random_projection\", \"dim\": 32} or {\"name\": \"penultimate\"}.")
+# Generated from the declarations that validate them (the update Params, the detector, preprocess,
+# strategy and optimizer registries, the experiments' training Params): they cannot drift.
+def _preprocess() -> serializers.Field:
+    return registry_serializer(registry=PREPROCESSORS, component="PreprocessOption", required=False, allow_null=True,
+                               help_text="Dimension reduction before the test: null (default), "
+                               "{\"name\": \"random_projection\", \"dim\": 32} or {\"name\": \"penultimate\"}.")
 
 
-class DeploymentUpdateOptionsSerializer(serializers.Serializer):
-    trigger = serializers.ChoiceField(choices=["drift", "every_n_samples", "manual"], required=False)
-    strategy = serializers.DictField(required=False, help_text="{\"name\", \"params\"} from /api/strategies/ "
-                                     "(default replay; mem_size defaults to memory_size).")
-    min_samples = serializers.IntegerField(required=False, help_text="Buffered labelled samples before an update.")
-    every_n_samples = serializers.IntegerField(required=False)
-    tolerance = serializers.FloatField(required=False, help_text="Promote when candidate >= champion - tolerance.")
-    validation_fraction = serializers.FloatField(required=False)
-    memory_size = serializers.IntegerField(required=False)
-    memory_policy = serializers.ChoiceField(choices=["reservoir", "class_balanced"], required=False)
-    training = serializers.DictField(required=False, help_text="epochs, train_mb_size, eval_mb_size, optimizer, "
-                                     "device, seed (as for experiments).")
+def _update_strategy() -> serializers.Field:
+    return registry_serializer(registry=STRATEGIES, component="UpdateStrategyOption", prefix="StrategyOption",
+                               nested="params", exclude=tuple(UPDATE_EXCLUDED), required=False,
+                               help_text="A name from /api/strategies/ with its params (default replay; "
+                               "its mem_size defaults to memory_size).")
+
+
+DeploymentUpdateOptionsSerializer = params_serializer(
+    component="DeploymentUpdateOptions", params=UPDATE_PARAMS,
+    fields={"strategy": _update_strategy(), "training": TrainingOptionSerializer(required=False, allow_null=True)})
+TrainingOverrideSerializer = params_serializer(
+    component="TrainingOverride", params=TRAINING_PARAMS, with_defaults=False,
+    fields={"optimizer": registry_serializer(registry=OPTIMIZERS, component="OptimizerOption", required=False)},
+    help="Training options laid over the deployment's (those left out keep the deployment's values).")
 
 
 class DeploymentCreateInputSerializer(serializers.Serializer):
-    name = serializers.RegexField(r"^[A-Za-z0-9_.-]+$", max_length=100)
+    name = serializers.RegexField(NAME_RE.pattern, max_length=NAME_MAX_LENGTH)
     source = DeploymentSourceSerializer()
-    detector = DeploymentDetectorSerializer(required=False)
-    update = DeploymentUpdateOptionsSerializer(required=False)
+    detector = registry_serializer(registry=DETECTORS, component="DetectorOption", fields={"preprocess": _preprocess()},
+                                   required=False, allow_null=True,
+                                   help_text="A name from /api/detectors/ with its parameters (default mmd).")
+    update = DeploymentUpdateOptionsSerializer(required=False, allow_null=True)
 
 
 class PredictInputSerializer(serializers.Serializer):
-    inputs = serializers.ListField(help_text="Rows of numbers, each with the model's input size (at most 10,000 rows).")
+    inputs = serializers.ListField(help_text="Rows of numbers, each with the model's input size "
+                                   f"(at most {settings.MAX_BATCH_ROWS:,} rows).")
 
 
 class PredictOutputSerializer(serializers.Serializer):
@@ -65,7 +80,8 @@ class PredictOutputSerializer(serializers.Serializer):
 
 
 class IngestInputSerializer(serializers.Serializer):
-    inputs = serializers.ListField(help_text="Rows of numbers, each with the model's input size.")
+    inputs = serializers.ListField(help_text="Rows of numbers, each with the model's input size "
+                                   f"(at most {settings.MAX_BATCH_ROWS:,} rows).")
     labels = serializers.ListField(child=serializers.IntegerField(), help_text="One class label per row.")
 
 
@@ -92,8 +108,8 @@ class IngestOutputSerializer(serializers.Serializer):
 
 
 class UpdateRequestInputSerializer(serializers.Serializer):
-    strategy = serializers.DictField(required=False, help_text="Another strategy for this update only.")
-    training = serializers.DictField(required=False, help_text="Training options laid over the deployment's.")
+    strategy = _update_strategy()
+    training = TrainingOverrideSerializer(required=False)
 
 
 class RollbackInputSerializer(serializers.Serializer):
