@@ -7,8 +7,8 @@ from claas_site.errors import InvalidInput
 from claas_site.params import Param
 from clserver.deployments import data
 from clserver.deployments.models import UpdateTrigger
-from clserver.experiments.options import TRAINING_PARAMS, validate_device
-from clserver.training.strategies import OPTIMIZERS, STRATEGIES
+from clserver.experiments.options import training_validate
+from clserver.training.strategies import STRATEGIES
 
 # Strategies an update cannot use: they do not continue from the champion's weights.
 UPDATE_EXCLUDED = {
@@ -77,15 +77,8 @@ def update_options(*, raw: Any) -> dict[str, Any]:
 def training_options(*, raw: Any) -> dict[str, Any]:
     """Validate `update.training` (the experiments' training options and an optimizer), defaults filled."""
     raw = object_or_empty(raw, where="update.training")
-    keys_only(raw, allowed=tuple(p.name for p in TRAINING_PARAMS) + ("optimizer",), where="update.training")
-    training = {p.name: (p.coerce(raw[p.name], "update.training") if p.name in raw else p.default)
-                for p in TRAINING_PARAMS}
-    validate_device(training["device"])
-    opt_raw = object_or_empty(raw.get("optimizer"), where="update.training.optimizer") or {"name": "sgd"}
-    entry = OPTIMIZERS.get(opt_raw.get("name", "sgd"), "update.training.optimizer.name")
-    params = entry.validate({k: v for k, v in opt_raw.items() if k != "name"}, "update.training.optimizer")
-    training["optimizer"] = {"name": entry.name, **params}
-    return training
+    return training_validate(raw=raw, where="update.training",
+                             optimizer_object=lambda value: object_or_empty(value, where="update.training.optimizer"))
 
 
 def update_options_override(*, base: dict[str, Any], raw: Any) -> dict[str, Any]:
