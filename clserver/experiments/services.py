@@ -16,6 +16,8 @@ from clserver.experiments.events import experiment_event_record
 from clserver.models import ACTIVE_STATUSES, Experiment, JobStatus
 from clserver.experiments.options import options_validate
 from clserver.experiments.selectors import experiment_get
+from clserver.jobs.runner import JobNotCancellable, job_cancel
+from clserver.jobs.tasks import job_enqueue
 
 
 def experiment_dir(experiment: Experiment) -> Path:
@@ -60,8 +62,6 @@ def experiment_setup(*, owner: Any, raw: Any, overwrite: bool = False) -> Experi
 
 
 def experiment_execute(*, owner: Any, name: str) -> Experiment:
-    from clserver.jobs.tasks import experiment_enqueue
-
     with transaction.atomic():
         experiment = experiment_get(owner=owner, name=name)
         experiment = Experiment.objects.select_for_update().get(pk=experiment.pk)
@@ -94,7 +94,7 @@ def experiment_execute(*, owner: Any, name: str) -> Experiment:
         # execution resumes from the ones it writes.
         transaction.on_commit(lambda: _experiment_files_remove(experiment))
         experiment_event_record(experiment=experiment, type="status", payload={"status": JobStatus.QUEUED})
-        transaction.on_commit(lambda: experiment_enqueue(experiment.pk))
+        job_enqueue(job=experiment)
     return experiment
 
 
@@ -102,17 +102,13 @@ def experiment_cancel(*, owner: Any, name: str) -> Experiment:
     with transaction.atomic():
         experiment = experiment_get(owner=owner, name=name)
         experiment = Experiment.objects.select_for_update().get(pk=experiment.pk)
-        if experiment.status == JobStatus.QUEUED:
-            experiment.status = JobStatus.CANCELLED
-            experiment.finished_at = timezone.now()
-            experiment.save(update_fields=["status", "finished_at"])
-            experiment_event_record(experiment=experiment, type="status", payload={"status": JobStatus.CANCELLED})
-        elif experiment.status == JobStatus.RUNNING:
-            experiment.cancel_requested = True
-            experiment.save(update_fields=["cancel_requested"])
-        else:
+        try:
+            ended = job_cancel(job=experiment)
+        except JobNotCancellable:
             raise Conflict(f"Experiment '{name}' is {experiment.status}; only queued or running experiments "
                            "can be cancelled.")
+        if ended:
+            experiment_event_record(experiment=experiment, type="status", payload={"status": JobStatus.CANCELLED})
     return experiment
 
 

@@ -1,8 +1,8 @@
-"""Huey tasks: thin, they hand a row to its job runner; a train message starts the fairest queued job.
+"""Huey tasks: one task per queue kind; a train message starts the fairest queued job of any kind.
 
 `train_task` marks heavy jobs (training, model updates) for the `train` queue and `light_task`
 quick ones (drift checks, housekeeping) for the `default` queue (clserver/jobs/queues.py). A train
-message names a row, but it runs whichever queued train job is fairest now (clserver/jobs/runner.py).
+message names a row, but it runs whichever queued train job is fairest now (clserver/jobs/fair.py).
 """
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ import time
 from typing import Any, Callable
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
 
-from clserver.jobs.runner import JobKind, JobRunner, job_fair_claim, job_requeue_stale
+from clserver.jobs.fair import job_fair_claim
+from clserver.jobs.kinds import job_kinds
+from clserver.jobs.runner import job_requeue_stale
 from clserver.jobs.queues import QUEUE_DEFAULT, QUEUE_TRAIN, on_worker_startup, queue_task, worker_torch_threads
 
 logger = logging.getLogger(__name__)
@@ -32,16 +34,10 @@ def light_task(fn: Callable[..., Any]) -> Any:
     return queue_task(queue=QUEUE_DEFAULT, retries=0)(fn)
 
 
-# Job kinds watched by the reaper: (row model, enqueue(id), on_failed(row, reason)).
-STALE_JOB_KINDS: list[tuple[Any, Callable[[int], None], Callable[[Any, str], None] | None]] = []
-# Job kinds on the train queue, among which each train message claims the fairest queued job.
-TRAIN_JOB_KINDS: list[JobKind] = []
-
-
 def train_job_run(*, message: str) -> str | None:
     """One train message: claim the fairest queued train job (maybe not the one the message names) and run it."""
     close_old_connections()
-    runner = job_fair_claim(kinds=TRAIN_JOB_KINDS)
+    runner = job_fair_claim(kinds=job_kinds())
     if runner is None:
         logger.info("%s: no train job is queued any more; nothing to run", message)
         return None
@@ -51,40 +47,26 @@ def train_job_run(*, message: str) -> str | None:
 
 
 @train_task
-def run_experiment(experiment_id: int) -> str | None:
-    return train_job_run(message=f"Experiment {experiment_id}")
+def run_train_job(kind: str, job_id: int) -> str | None:
+    """The one task of the train queue: any kind of job (clserver/jobs/kinds.py)."""
+    return train_job_run(message=f"{kind} {job_id}")
 
 
-def experiment_enqueue(experiment_id: int) -> None:
-    run_experiment(experiment_id)
+def job_enqueue_now(*, kind: str, job_id: int) -> None:
+    run_train_job(kind, job_id)
 
 
-def _experiment_failed(row: Any, reason: str) -> None:
-    from clserver.experiments.job import experiment_failed_by_reaper
-
-    experiment_failed_by_reaper(row, reason)
-
-
-def _experiment_runner() -> type[JobRunner]:
-    from clserver.experiments.job import ExperimentJob
-
-    return ExperimentJob
-
-
-def _register_experiment_kind() -> None:
-    from clserver.models import Experiment
-
-    STALE_JOB_KINDS.append((Experiment, experiment_enqueue, _experiment_failed))
-    TRAIN_JOB_KINDS.append(JobKind(model=Experiment, owner_field="owner", runner=_experiment_runner))
-
-
-_register_experiment_kind()
+def job_enqueue(*, job: Any) -> None:
+    """Queue a train message for a job row once the transaction that made it `queued` commits."""
+    kind, pk = type(job).__name__, job.pk
+    transaction.on_commit(lambda: job_enqueue_now(kind=kind, job_id=pk))
 
 
 def reap_once() -> list[int]:
     requeued: list[int] = []
-    for model, enqueue, on_failed in STALE_JOB_KINDS:
-        requeued += job_requeue_stale(model=model, enqueue=enqueue, on_failed=on_failed)
+    for kind in job_kinds():
+        requeued += job_requeue_stale(model=kind.model, on_failed=kind.on_failed,
+                                      enqueue=lambda pk, name=kind.name: job_enqueue_now(kind=name, job_id=pk))
     return requeued
 
 
@@ -177,5 +159,3 @@ def start_reaper() -> None:
     if _reaper_started.acquire(blocking=False):
         threading.Thread(target=_reaper_loop, name="claas-reaper", daemon=True).start()
 
-
-from clserver.deployments import tasks as deployment_tasks  # noqa: E402,F401  (registers the deployment tasks)

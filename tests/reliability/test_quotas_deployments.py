@@ -13,7 +13,7 @@ from django.conf import settings as django_settings
 from claas_site.quotas import stored_bytes
 from claas_site import tracking
 from clserver.deployments.models import Deployment, DeploymentBatch, DeploymentVersion
-from clserver.deployments.update import version_register
+from clserver.deployments.registration import version_register
 from clserver.models import Experiment, JobStatus
 from clserver.experiments.options import options_validate
 from clserver.experiments.services import experiment_dir

@@ -31,7 +31,7 @@ def data_dir(settings, tmp_path: Path) -> Path:
     settings.CHECKPOINT_DIR = tmp_path / "checkpoints"
     settings.DEPLOYMENT_DIR = tmp_path / "deployments"
     # Jobs run here, in-process; nothing goes to a queue.
-    with mock.patch("clserver.jobs.tasks.experiment_enqueue"), \
+    with mock.patch("clserver.jobs.tasks.job_enqueue_now"), \
             mock.patch("clserver.deployments.tasks.deployment_update_enqueue"), \
             mock.patch("clserver.deployments.tasks.deployment_version_register_enqueue"), \
             mock.patch("clserver.deployments.tasks.deployment_aliases_sync_enqueue"):

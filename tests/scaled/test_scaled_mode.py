@@ -191,13 +191,13 @@ import json
 import django
 django.setup()
 from clserver.jobs.queues import queue_huey
-from clserver.jobs.tasks import light_task, run_experiment
+from clserver.jobs.tasks import light_task, run_train_job
 
 @light_task
 def drift_check(deployment_id):
     pass
 
-run_experiment(1)
+run_train_job("Experiment", 1)
 drift_check(1)
 print(json.dumps({queue: queue_huey(queue=queue).pending_count() for queue in ("train", "default")}))
 """

@@ -146,7 +146,7 @@ def test_an_experiment_trains_on_an_uploaded_dataset(transactional_db, api, user
         "exp_name": "on-file", "benchmark": {"name": "dataset", "dataset": "digits-file", "scenario": "new_instances",
                                              "n_experiences": 3},
         "strategy": {"name": "replay", "params": {"mem_size": 100}}, "training": {"epochs": 3, "device": "cpu"}})
-    with mock.patch("clserver.jobs.tasks.experiment_enqueue"):
+    with mock.patch("clserver.jobs.tasks.job_enqueue_now"):
         services.experiment_execute(owner=user, name="on-file")
     ExperimentJob(experiment.pk).handle()
     experiment.refresh_from_db()

@@ -15,10 +15,11 @@ from django.contrib.auth import get_user_model
 
 from clserver.deployments.models import Deployment, DeploymentUpdate
 from clserver.experiments.job import ExperimentJob
-from clserver.jobs.runner import JobKind, JobRunner, QueuedJob, job_fair_claim, job_fair_order
+from clserver.jobs.fair import QueuedJob, job_fair_claim, job_fair_order
+from clserver.jobs.kinds import JobKind, job_kinds
+from clserver.jobs.runner import JobRunner
 from clserver.models import Experiment, JobStatus
 from clserver.jobs.queues import DeviceUnavailable, JobDeferred, worker_device
-from clserver.jobs.tasks import TRAIN_JOB_KINDS
 
 T0 = datetime(2020, 1, 1, tzinfo=dt_timezone.utc)  # before any real start the claims write
 
@@ -56,7 +57,7 @@ def claimed_name(runner) -> str:
 def claim_all() -> list[str]:
     """Claim until nothing is queued, as the queue's messages would one after the other."""
     names = []
-    while (runner := job_fair_claim(kinds=TRAIN_JOB_KINDS)) is not None:
+    while (runner := job_fair_claim(kinds=job_kinds())) is not None:
         names.append(claimed_name(runner))
     return names
 
@@ -98,7 +99,7 @@ def test_a_message_starts_the_other_users_job_queued_behind_four_of_one_user(use
         job(users, "ann", f"a{i}", queued=i)
     job(users, "ben", "b1", queued=9)
     # ann's a2 message comes first, yet the free thread takes ben's job.
-    assert claimed_name(job_fair_claim(kinds=TRAIN_JOB_KINDS)) == "b1"
+    assert claimed_name(job_fair_claim(kinds=job_kinds())) == "b1"
     Experiment.objects.filter(name__in=["a1", "b1"]).update(status=JobStatus.COMPLETED)
     assert claim_all() == ["a2", "a3", "a4"]
 
@@ -110,11 +111,11 @@ def test_users_take_turns_on_one_worker(users, cpu_worker):
         job(users, "ben", f"b{i}", queued=10 + i)
     turns = []
     for _ in range(6):  # one worker thread: each job ends before the next message is taken
-        runner = job_fair_claim(kinds=TRAIN_JOB_KINDS)
+        runner = job_fair_claim(kinds=job_kinds())
         turns.append(claimed_name(runner))
         runner.finish(JobStatus.COMPLETED)
     assert turns == ["a0", "b0", "a1", "b1", "a2", "b2"]
-    assert job_fair_claim(kinds=TRAIN_JOB_KINDS) is None
+    assert job_fair_claim(kinds=job_kinds()) is None
 
 
 def test_every_queued_job_is_claimed_once_and_surplus_messages_do_nothing(users, cpu_worker):
@@ -127,7 +128,7 @@ def test_every_queued_job_is_claimed_once_and_surplus_messages_do_nothing(users,
     job(users, "cid", "gone", queued=4)
     Experiment.objects.filter(name="gone").update(status=JobStatus.CANCELLED)  # its message stays
     messages = 5
-    outcomes = [job_fair_claim(kinds=TRAIN_JOB_KINDS) for _ in range(messages)]
+    outcomes = [job_fair_claim(kinds=job_kinds()) for _ in range(messages)]
     names = [claimed_name(r) for r in outcomes if r is not None]
     assert sorted(names) == ["a1", "again", "b1"] and outcomes[3:] == [None, None]
     assert set(Experiment.objects.filter(name__in=names).values_list("status", "attempts")) == {("running", 1)}
@@ -156,9 +157,9 @@ def test_a_cpu_worker_leaves_cuda_jobs_and_puts_the_message_back_when_only_they_
     job(users, "ann", "a1", status=JobStatus.RUNNING, started=0)
     job(users, "ann", "cpu", queued=1, device="cpu")
     # ben's job is fairer, but this worker has no CUDA: it starts ann's.
-    assert claimed_name(job_fair_claim(kinds=TRAIN_JOB_KINDS)) == "cpu"
+    assert claimed_name(job_fair_claim(kinds=job_kinds())) == "cpu"
     with pytest.raises(DeviceUnavailable, match="asks for 'cuda' and this worker has cpu"):
-        job_fair_claim(kinds=TRAIN_JOB_KINDS)
+        job_fair_claim(kinds=job_kinds())
     assert Experiment.objects.get(name="gpu").status == JobStatus.QUEUED
 
 
@@ -167,11 +168,11 @@ def test_the_cap_defers_the_message_while_the_only_waiting_owner_is_at_it(users,
     job(users, "ann", "a1", status=JobStatus.RUNNING, started=0)
     job(users, "ann", "a2", queued=1)
     with pytest.raises(JobDeferred, match="CLAAS_FAIR_RUNNING_PER_USER"):
-        job_fair_claim(kinds=TRAIN_JOB_KINDS)
+        job_fair_claim(kinds=job_kinds())
     job(users, "ben", "b1", queued=2)
-    assert claimed_name(job_fair_claim(kinds=TRAIN_JOB_KINDS)) == "b1"
+    assert claimed_name(job_fair_claim(kinds=job_kinds())) == "b1"
     Experiment.objects.filter(name="a1").update(status=JobStatus.COMPLETED)
-    assert claimed_name(job_fair_claim(kinds=TRAIN_JOB_KINDS)) == "a2"
+    assert claimed_name(job_fair_claim(kinds=job_kinds())) == "a2"
 
 
 def test_a_deployment_update_competes_with_experiments_by_its_deployment_owner(users, cpu_worker):
@@ -189,7 +190,7 @@ def test_a_deployment_update_competes_with_experiments_by_its_deployment_owner(u
 
     # The registered kinds, with the update's runner loaded lightly.
     kinds = [JobKind(model=k.model, owner_field=k.owner_field,
-                     runner=k.runner if k.model is Experiment else lambda: UpdateClaim) for k in TRAIN_JOB_KINDS]
+                     runner=k.runner if k.model is Experiment else lambda: UpdateClaim) for k in job_kinds()]
     assert [k.model for k in kinds] == [Experiment, DeploymentUpdate]
     claimed = job_fair_claim(kinds=kinds)
     assert claimed.model is DeploymentUpdate and claimed.job_id == update.pk

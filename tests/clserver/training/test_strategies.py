@@ -19,7 +19,7 @@ PARAMS = {"replay": {"mem_size": 50}, "gdumb": {"mem_size": 100}, "der": {"mem_s
 
 def run_job(user, name: str, options: dict) -> Experiment:
     experiment = services.experiment_setup(owner=user, raw={"exp_name": name, **options})
-    with mock.patch("clserver.jobs.tasks.experiment_enqueue"):
+    with mock.patch("clserver.jobs.tasks.job_enqueue_now"):
         services.experiment_execute(owner=user, name=name)
     ExperimentJob(experiment.pk).handle()
     experiment.refresh_from_db()
