@@ -33,6 +33,7 @@ from clserver.deployments.selectors import deployment_buffered
 from clserver.deployments.sources import DATA_SEED, source_resolve
 from clserver.drift import detectors as drift
 from clserver.experiments.options import validate_name
+from clserver.jobs.runner import JobNotCancellable, job_cancel
 from clserver.models import ACTIVE_STATUSES, JobStatus
 from clserver.serving import cache as serving
 
@@ -202,18 +203,14 @@ def deployment_update_cancel(*, deployment: Deployment, update_id: int) -> Deplo
         update = DeploymentUpdate.objects.select_for_update().filter(deployment=deployment, number=update_id).first()
         if update is None:
             raise NotFound(f"Deployment '{deployment.name}' has no update {update_id}.")
-        if update.status == JobStatus.QUEUED:
-            update.status = JobStatus.CANCELLED
-            update.finished_at = timezone.now()
-            update.save(update_fields=["status", "finished_at"])
-            update_release_batches(update=update)
-            deployment_event_record(deployment=deployment, type="update", payload=update_event_payload(update))
-        elif update.status == JobStatus.RUNNING:
-            update.cancel_requested = True
-            update.save(update_fields=["cancel_requested"])
-        else:
+        try:
+            ended = job_cancel(job=update)
+        except JobNotCancellable:
             raise Conflict(f"Update {update_id} is {update.outcome}; only queued or running updates can be "
                            "cancelled.")
+        if ended:
+            update_release_batches(update=update)
+            deployment_event_record(deployment=deployment, type="update", payload=update_event_payload(update))
     return update
 
 
