@@ -11,13 +11,14 @@ from django.conf import settings
 from claas_site.errors import ApplicationError, InvalidInput
 from claas_site.params import Param
 from clserver.training.benchmarks import Source, benchmark_source
-from clserver.models import NAME_MAX_LENGTH, Experiment, JobStatus
+from clserver.models import Experiment, JobStatus
+from clserver.names import NAME_MAX_LENGTH, NAME_PATTERN
 from clserver.training.strategies import OPTIMIZERS, STRATEGIES, memory_size
 from modelfactory.architectures import architecture_params
 from modelfactory.models import ModelVersion
 
 TOP_KEYS = ("exp_name", "model", "benchmark", "strategy", "training", "from_experiment")
-NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+NAME_RE = re.compile(NAME_PATTERN)
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d{1,2})?)$")
 
 TRAINING_PARAMS = (
