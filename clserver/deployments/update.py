@@ -5,7 +5,9 @@ registered in MLflow (`<username>.deploy.<name>`, aliases `champion` and `challe
 The strategy sees two experiences: the replay memory (the past; trained for zero epochs, so
 each strategy builds its own state from it: replay buffers, EWC importances, LwF's teacher)
 and the new data. Training starts from the champion's weights: an update processes the new
-data and a bounded memory, where retraining from scratch would process everything seen.
+data and a bounded memory, where retraining from scratch would process everything seen. The
+strategy is the shared loop's (`clserver.training.loop`, tensor batches included), with the
+progress and cancellation plugins of `clserver.training.plugins` attached.
 """
 from __future__ import annotations
 
@@ -13,15 +15,12 @@ import copy
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
-from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
-from avalanche.core import SupervisedPlugin
 from avalanche.training.determinism.rng_manager import RNGManager
-from avalanche.training.plugins import EvaluationPlugin
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
@@ -45,9 +44,14 @@ from clserver.deployments.selectors import version_model
 from clserver.deployments.services import update_release_batches
 from clserver.jobs.runner import JobRunner, JobSuperseded
 from clserver.models import JobStatus
-from clserver.training.runner import kernels_deterministic, resolve_device, server_paths_hidden
-from clserver.experiments.selectors import text_paths_hidden
-from clserver.training.strategies import OPTIMIZERS, STRATEGIES
+from clserver.training.loop import (
+    kernels_deterministic,
+    resolve_device,
+    server_paths_hidden,
+    strategy_build,
+    tensor_dataset,
+)
+from clserver.training.plugins import CancelPlugin, ProgressPlugin, Tracker
 
 logger = logging.getLogger(__name__)
 
@@ -76,55 +80,19 @@ def update_failed_by_reaper(row: Any, reason: str) -> None:
                             payload={**update_event_payload(update), "error": reason})
 
 
-class ProgressPlugin(SupervisedPlugin):
-    """Counts the samples trained on, reports epochs, and stops when the update is cancelled."""
-
-    def __init__(self, run: "UpdateRun") -> None:
-        super().__init__()
-        self.run = run
-        self.samples = 0
-        self.epoch = 0
-        self.loss_sum = 0.0
-        self.loss_n = 0
-
-    def before_training_epoch(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
-        self.loss_sum, self.loss_n = 0.0, 0
-
-    def after_training_iteration(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
-        n = len(strategy.mb_y)
-        self.samples += n
-        self.loss_sum += float(strategy.loss.detach()) * n
-        self.loss_n += n
-        self.run.job.check_cancel()
-
-    def after_training_epoch(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
-        self.epoch += 1
-        self.run.epoch_end(epoch=self.epoch, loss=self.loss_sum / max(self.loss_n, 1))
-
-
 def train_candidate(*, model: nn.Module, memory: data.Memory, x: np.ndarray, y: np.ndarray,
-                    options: dict[str, Any], device: torch.device, plugin: Any) -> nn.Module:
-    """Train `model` in place on (x, y) with the update's strategy, the memory as its past."""
-    def dataset(xs: np.ndarray, ys: np.ndarray) -> Any:
-        return _make_taskaware_tensor_classification_dataset(torch.from_numpy(np.ascontiguousarray(xs)),
-                                                             torch.from_numpy(np.ascontiguousarray(ys)))
-
-    training = options["training"]
-    opt = dict(training["optimizer"])
-    optimizer = OPTIMIZERS.get(opt.pop("name"), "training.optimizer.name").builder(model.parameters(), **opt)
-    common = {"train_mb_size": training["train_mb_size"], "train_epochs": training["epochs"],
-              "eval_mb_size": training["eval_mb_size"], "device": device, "plugins": [plugin],
-              "evaluator": EvaluationPlugin(loggers=[])}
-    entry = STRATEGIES.get(options["strategy"]["name"], "strategy.name")
-    strategy = entry.builder(model, optimizer, nn.CrossEntropyLoss(), common, **options["strategy"]["params"])
-    experiences = ([dataset(memory.x, memory.y)] if len(memory) else []) + [dataset(x, y)]
+                    options: dict[str, Any], device: torch.device, plugins: Sequence[Any]) -> Any:
+    """Train `model` in place on (x, y) with the update's strategy (the shared loop's, tensor batches
+    included), the memory as its past; the strategy comes back (its `model` is the candidate)."""
+    strategy = strategy_build(model=model, options=options, device=device, plugins=plugins)
+    experiences = ([tensor_dataset(memory.x, memory.y)] if len(memory) else []) + [tensor_dataset(x, y)]
     scenario = benchmark_from_datasets(train=experiences, test=[experiences[-1]])
     if len(memory):
         strategy.train_epochs = 0
         strategy.train(scenario.train_stream[0], eval_streams=[])
-        strategy.train_epochs = training["epochs"]
+        strategy.train_epochs = options["training"]["epochs"]
     strategy.train(scenario.train_stream[-1], eval_streams=[])
-    return strategy.model
+    return strategy
 
 
 def scores(model: nn.Module, val: tuple[np.ndarray, np.ndarray], new: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
@@ -151,20 +119,11 @@ class UpdateRun:
         self.options = self.update.options
         self.training = self.options["training"]
         self.dir = deployment_dir(self.deployment)
-        self.tracking_errors: list[str] = []
+        self.tracker = Tracker()
 
     def epoch_end(self, *, epoch: int, loss: float) -> None:
         deployment_event_record(deployment=self.deployment, type="update_progress", payload={
             "update": self.update.number, "epoch": epoch, "epochs": self.training["epochs"], "loss": loss})
-
-    def _track(self, fn: Any, **kwargs: Any) -> Any:
-        """MLflow is a record, not the work: a tracking failure is reported and the update goes on."""
-        try:
-            return fn(**kwargs)
-        except Exception as exc:
-            logger.warning("MLflow %s failed: %s", getattr(fn, "__name__", fn), exc, exc_info=True)
-            self.tracking_errors.append(text_paths_hidden(f"{getattr(fn, '__name__', 'mlflow')}: {exc}")[:300])
-            return None
 
     def run(self) -> None:
         with server_paths_hidden(), kernels_deterministic(self.training.get("deterministic", False)):
@@ -196,10 +155,11 @@ class UpdateRun:
         before = scores(champion, val, held)
 
         candidate = copy.deepcopy(champion).train()
-        plugin = ProgressPlugin(self)
+        plugin = ProgressPlugin(on_epoch_end=self.epoch_end)
         started = time.perf_counter()
         candidate = train_candidate(model=candidate, memory=memory, x=x_new[train_idx], y=y_new[train_idx],
-                                    options=opts, device=device, plugin=plugin)
+                                    options=opts, device=device,
+                                    plugins=[plugin, CancelPlugin(check=self.job.check_cancel)]).model
         train_time = time.perf_counter() - started
         candidate = candidate.cpu().eval()
         self.job.check_cancel()
@@ -240,20 +200,20 @@ class UpdateRun:
         decision = UpdateDecision.PROMOTED if accepted else UpdateDecision.REJECTED
         mlflow_version = self._register(candidate, val[0][:2], decision, before, after, cost)
         metrics = {"champion": before, "candidate": after, "tolerance": tolerance, "weights_finite": finite}
-        if self.tracking_errors:
-            metrics["mlflow_errors"] = self.tracking_errors
+        if self.tracker.errors:
+            metrics["mlflow_errors"] = self.tracker.errors
         number = self._store(decision=decision, reason=reason, metrics=metrics, cost=cost,
                              weights_path=weights_path, memory_path=memory_path, memory_size=len(new_memory),
                              validation_accuracy=after["validation"], mlflow_version=mlflow_version)
-        self._track(aliases_sync, deployment_id=deployment.pk)
+        self.tracker(aliases_sync, deployment_id=deployment.pk)
         logger.info("deployment %s update %s: version %s %s", deployment.name, update.id, number, self.update.decision)
 
     def _register(self, model: nn.Module, example: np.ndarray, decision: str, before: dict, after: dict,
                   cost: dict) -> str:
         d, update = self.deployment, self.update
         user = d.owner.username
-        started = self._track(tracking.run_start, username=user, run_name=f"deploy {d.name} update {update.number}",
-                              params={"deployment": d.name, "update": update.number, "trigger": update.trigger,
+        started = self.tracker(tracking.run_start, username=user, run_name=f"deploy {d.name} update {update.number}",
+                               params={"deployment": d.name, "update": update.number, "trigger": update.trigger,
                                       "base_version": update.base_version, **self.options},
                               tags={"claas.user": user, "claas.deployment": d.name, "claas.update": str(update.number)})
         if started is None:
@@ -263,12 +223,12 @@ class UpdateRun:
         metrics = {f"{who}_{k}": v for who, m in (("champion", before), ("candidate", after))
                    for k, v in m.items() if isinstance(v, float)}
         metrics.update({k: v for k, v in cost.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        self._track(tracking.run_metrics, run_id=run_id, metrics=metrics, step=0)
-        logged = self._track(tracking.model_log, run_id=run_id, model=model, input_example=example, name="model",
-                             registered_name=registered_name(d),
-                             tags={"claas.deployment": d.name, "claas.update": str(update.number),
+        self.tracker(tracking.run_metrics, run_id=run_id, metrics=metrics, step=0)
+        logged = self.tracker(tracking.model_log, run_id=run_id, model=model, input_example=example, name="model",
+                              registered_name=registered_name(d),
+                              tags={"claas.deployment": d.name, "claas.update": str(update.number),
                                    "claas.decision": decision})
-        self._track(tracking.run_end, run_id=run_id, status="FINISHED")
+        self.tracker(tracking.run_end, run_id=run_id, status="FINISHED")
         return (logged or {}).get("version", "")
 
     def _store(self, *, decision: str, reason: str, metrics: dict, cost: dict, weights_path: Path,

@@ -1,16 +1,15 @@
 """The training run of one experiment on Avalanche (imported by the worker only).
 
-Progress events, cancellation, checkpointing and MLflow logging hang off Avalanche's plugin
-hooks; the loop itself trains experience by experience and evaluates the whole test stream
-after each one to fill the accuracy matrix.
+The strategy comes from the shared loop (`loop.strategy_build`); progress events, cancellation,
+divergence, the MLflow loss curve, the evaluation after each experience and the checkpoint are
+plugins on Avalanche's hooks (`plugins.py`). This module chooses them, trains experience by
+experience, and turns each evaluation into the accuracy matrix, the events and the MLflow run.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import logging
-import math
-import os
 import random
 import time
 from pathlib import Path
@@ -18,99 +17,42 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
-from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
-from avalanche.checkpointing import maybe_load_checkpoint, save_checkpoint
-from avalanche.core import SupervisedPlugin
 from avalanche.training.determinism.rng_manager import RNGManager
-from avalanche.training.plugins import EvaluationPlugin
 from django.conf import settings
 from django.db import transaction
 from torch import nn
 
-from clserver.training import metrics
 from claas_site import tracking
-from clserver.training.benchmarks import benchmark_source
 from clserver.experiments.events import experiment_event_record, json_safe
 from clserver.models import Experiment
-from clserver.experiments.selectors import text_paths_hidden
-from clserver.training.streams import Stream
-from clserver.training.strategies import OPTIMIZERS, STRATEGIES
-from clserver.training.tensor_batches import TensorBatchesPlugin
+from clserver.training import metrics
+from clserver.training.benchmarks import benchmark_source
+from clserver.training.loop import (  # noqa: F401  (evaluate and stream_to_avalanche: bench/ imports them here)
+    evaluate,
+    kernels_deterministic,
+    resolve_device,
+    server_paths_hidden,
+    stream_to_avalanche,
+    strategy_build,
+)
+from clserver.training.plugins import (
+    CancelPlugin,
+    CheckpointPlugin,
+    DivergencePlugin,
+    MlflowLossPlugin,
+    ProgressPlugin,
+    StreamEvaluationPlugin,
+    Tracker,
+    checkpoint_load,
+    plugins_attach,
+)
+from clserver.training.strategies import STRATEGIES
 from modelfactory.architectures import architecture_build
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pkl"
 FINAL_MODEL_NAME = "final_model.pt"
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"This worker has no CUDA device for training.device '{device}'.")
-    return torch.device(device)
-
-
-@contextlib.contextmanager
-def server_paths_hidden() -> Iterator[None]:
-    """A job's error becomes a message users read: paths in it are given relative to the data dir."""
-    try:
-        yield
-    except Exception as exc:
-        text = str(exc)
-        hidden = text_paths_hidden(text)
-        if hidden == text:
-            raise
-        raise RuntimeError(hidden) from exc
-
-
-@contextlib.contextmanager
-def kernels_deterministic(enabled: bool) -> Iterator[None]:
-    """`training.deterministic`: deterministic cuDNN and cuBLAS kernels and no cuDNN autotuning, so
-    that a seeded run on a GPU repeats exactly (CPU kernels are deterministic already). torch keeps
-    these flags per process, so they are put back afterwards for the worker's next job. cuBLAS also
-    needs CUBLAS_WORKSPACE_CONFIG, which every worker sets at start-up (clserver/jobs/tasks.py)."""
-    if not enabled:
-        yield
-        return
-    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
-    torch.use_deterministic_algorithms(True, warn_only=True)  # an op with no deterministic kernel warns
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2], before[3]
-
-
-def stream_to_avalanche(stream: Stream) -> Any:
-    """Tensor datasets straight from arrays: no per-sample transforms or file reads."""
-    def ds(x: np.ndarray, y: np.ndarray) -> Any:
-        return _make_taskaware_tensor_classification_dataset(torch.from_numpy(x), torch.from_numpy(y))
-
-    return benchmark_from_datasets(train=[ds(*p) for p in stream.train], test=[ds(*p) for p in stream.test])
-
-
-def evaluate(model: nn.Module, stream: Stream, device: torch.device, batch: int) -> list[float]:
-    """Accuracy on each experience's test data (the model goes to `device` first: before the first
-    training, which is when the strategy moves it, it is still where it was built)."""
-    was_training = model.training
-    model.to(device)
-    model.eval()
-    row = []
-    with torch.no_grad():
-        for x, y in stream.test:
-            correct = 0
-            for start in range(0, len(y), batch):
-                xb = torch.from_numpy(x[start:start + batch]).to(device)
-                pred = model(xb).argmax(dim=1).cpu().numpy()
-                correct += int((pred == y[start:start + batch]).sum())
-            row.append(correct / len(y) if len(y) else 0.0)
-    model.train(was_training)
-    return row
 
 
 def initial_model(experiment: Experiment) -> nn.Module:
@@ -147,73 +89,6 @@ def rng_preserved(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def checkpoint_save(strategy: Any, path: Path) -> None:
-    """Avalanche's checkpoint, written atomically (a crash mid-write keeps the previous one).
-
-    The optimizer object does not survive dill in this torch release, so its state_dict
-    travels instead and the optimizer is rebuilt around the restored model on load.
-    """
-    opt = strategy.optimizer
-    strategy._claas_optimizer = {"defaults": dict(opt.defaults), "state": opt.state_dict()}
-    tmp = path.with_suffix(".tmp")
-    try:
-        save_checkpoint(strategy, str(tmp), exclude=["optimizer"])
-        os.replace(tmp, path)
-    finally:
-        del strategy._claas_optimizer
-
-
-def checkpoint_load(strategy: Any, path: Path, device: torch.device) -> tuple[Any, int]:
-    """Restore a strategy saved by checkpoint_save; (strategy, 0) when there is none."""
-    fresh_optimizer = strategy.optimizer
-    strategy, start = maybe_load_checkpoint(strategy, str(path), map_location=device)
-    saved = strategy.__dict__.pop("_claas_optimizer", None)
-    if saved is not None:
-        optimizer = type(fresh_optimizer)(strategy.model.parameters(), **saved["defaults"])
-        optimizer.load_state_dict(saved["state"])
-        strategy.optimizer = optimizer
-    return strategy, start
-
-
-class ProgressPlugin(SupervisedPlugin):
-    """Epoch-end events with the loss, progress on the row, samples counted, cancel checked."""
-
-    def __init__(self, run: "ExperimentRun") -> None:
-        super().__init__()
-        self.run = run
-        self.loss_sum = 0.0
-        self.loss_n = 0
-        self.samples = 0
-        self.epoch = 0
-
-    def before_training_exp(self, strategy, *args, **kwargs) -> None:
-        self.samples = 0
-        self.epoch = 0
-
-    def before_training_epoch(self, strategy, *args, **kwargs) -> None:
-        self.loss_sum, self.loss_n = 0.0, 0
-
-    def after_training_iteration(self, strategy, *args, **kwargs) -> None:
-        n = len(strategy.mb_y)
-        self.samples += n
-        self.loss_sum += float(strategy.loss.detach()) * n
-        self.loss_n += n
-        self.run.job.check_cancel()
-
-    def after_training_epoch(self, strategy, *args, **kwargs) -> None:
-        self.epoch += 1
-        loss = self.loss_sum / max(self.loss_n, 1)
-        self.run.epoch_end(epoch=self.epoch, loss=loss)
-        if not math.isfinite(loss):
-            raise TrainingDiverged(
-                f"Training diverged in experience {self.run.current} at epoch {self.epoch}: the loss is not "
-                "finite; lower the learning rate or the strategy's regularisation strength.")
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite: the model is unusable and the run stops with the reason."""
-
-
 class ExperimentRun:
     """Trains one experiment; `job` is its JobRunner (heartbeat, cancel, row updates)."""
 
@@ -231,9 +106,7 @@ class ExperimentRun:
         self.current = 0
         self.n_units = 1
         self.epochs = self.training["epochs"]
-        self.run_id = ""
-        self.tracking_errors: list[str] = []
-        self.epoch_losses: list[tuple[int, float]] = []  # (step, loss) not yet in MLflow
+        self.tracker = Tracker()
 
     # --- events --------------------------------------------------------------------------
     def event(self, type: str, payload: dict[str, Any]) -> None:
@@ -251,22 +124,10 @@ class ExperimentRun:
                 "loss": loss, "progress": progress, "elapsed_s": elapsed,
                 "eta_s": elapsed / max(progress, 1e-9) * (1 - progress) if progress > 0 else None,
             })
-        self.epoch_losses.append((self.current * self.epochs + epoch, loss))
 
-    def flush_epoch_losses(self) -> None:
-        """Log the buffered per-epoch training losses to the MLflow run (`train_loss`, step = epoch count)."""
-        losses, self.epoch_losses = self.epoch_losses, []
-        if self.run_id and losses:
-            self._track(tracking.run_metric_history, run_id=self.run_id, key="train_loss", values=losses)
-
-    def _track(self, fn, **kwargs) -> Any:
-        """MLflow is a record, not the work: a tracking failure is reported and training goes on."""
-        try:
-            return fn(**kwargs)
-        except Exception as exc:
-            logger.warning("MLflow %s failed: %s", fn.__name__, exc, exc_info=True)
-            self.tracking_errors.append(text_paths_hidden(f"{fn.__name__}: {exc}")[:300])
-            return None
+    @property
+    def run_id(self) -> str:
+        return self.tracker.run_id
 
     # --- the run -------------------------------------------------------------------------
     def run(self) -> None:
@@ -280,59 +141,62 @@ class ExperimentRun:
         _, source = benchmark_source(name=opts["benchmark"]["name"],
                                      params={k: v for k, v in opts["benchmark"].items() if k != "name"},
                                      owner=self.experiment.owner)
-        stream = source.load()
+        self.stream = stream = source.load()
+        self.sizes = [len(t[1]) for t in stream.test]
         scenario = stream_to_avalanche(stream)
         T = stream.n_experiences
         self.n_units = 1 if self.offline else T
 
-        model = initial_model(self.experiment)
-        opt_opts = dict(training["optimizer"])
-        optimizer = OPTIMIZERS.get(opt_opts.pop("name"), "training.optimizer.name").builder(model.parameters(), **opt_opts)
-        progress_plugin = ProgressPlugin(self)
-        common = {
-            "train_mb_size": training["train_mb_size"], "train_epochs": training["epochs"],
-            "eval_mb_size": training["eval_mb_size"], "device": device,
-            # Tensor batches come after any plugin that builds the loader (replay's); same batches, faster.
-            "plugins": [progress_plugin, TensorBatchesPlugin()],
-            "evaluator": EvaluationPlugin(loggers=[]),
-        }
-        strategy = self.entry.builder(model, optimizer, nn.CrossEntropyLoss(), common,
-                                      **opts["strategy"]["params"])
+        plugins = self._plugins(lambda model: evaluate(model, stream, device, training["eval_mb_size"]))
+        strategy = strategy_build(model=initial_model(self.experiment), options=opts, device=device, plugins=plugins)
         strategy, start = checkpoint_load(strategy, self.checkpoint, device)
         resumed = start > 0
         if not resumed and self.experiment.source_id:
             strategy = self._continue_from_source(strategy, device)
-        self._own_plugins(strategy, progress_plugin)
+        plugins_attach(strategy, plugins)  # a checkpoint brings the strategy back without them
         if not resumed:
             RNGManager.set_random_seeds(training["seed"])
 
-        state = self._state(start, resumed)
-        if not state["initial_accuracy"]:
-            state["initial_accuracy"] = evaluate(strategy.model, stream, device, training["eval_mb_size"])
-        self.run_id = self._mlflow_run()
+        self.state = self._state(start, resumed)
+        if not self.state["initial_accuracy"]:
+            self.state["initial_accuracy"] = evaluate(strategy.model, stream, device, training["eval_mb_size"])
+        self.tracker.run_id = self._mlflow_run()
         if resumed:
             self.event("resumed", {"from_experience": start, "attempt": self.experiment.attempts})
 
-        sizes = [len(t[1]) for t in stream.test]
         units = [None] if self.offline else list(range(T))
         for i in range(start, len(units)):
             self.current = i
             self.job.check_cancel()
             self.job.update(experience=i, epoch=0)
-            t0 = time.perf_counter()
             try:
+                # The plugins evaluate, record and checkpoint the experience before `train` returns.
                 strategy.train(scenario.train_stream if self.offline else scenario.train_stream[i])
             finally:
-                train_time = time.perf_counter() - t0
-                self.flush_epoch_losses()  # a failed or cancelled experience keeps its curve too
-            t1 = time.perf_counter()
-            row = evaluate(strategy.model, stream, device, training["eval_mb_size"])
-            eval_time = time.perf_counter() - t1
-            self.model_for_logging = strategy.model
-            self._experience_done(state, i, row, stream, train_time, eval_time, progress_plugin.samples, sizes)
-            self._save_checkpoint(strategy, progress_plugin)
+                self.loss_curve.flush()  # a failed or cancelled experience keeps its curve too
 
-        self._finish(state, strategy.model, stream, sizes)
+        self._finish(strategy.model)
+
+    def _plugins(self, evaluate_model: Any) -> list[Any]:
+        """What an experiment attaches to the shared loop, in hook order."""
+        self.progress = ProgressPlugin(on_epoch_end=self.epoch_end)
+        self.loss_curve = MlflowLossPlugin(tracker=self.tracker, progress=self.progress,
+                                           step=lambda epoch: self.current * self.epochs + epoch)
+        return [
+            self.progress,
+            CancelPlugin(check=self.job.check_cancel),
+            self.loss_curve,
+            DivergencePlugin(progress=self.progress, experience=lambda: self.current),
+            StreamEvaluationPlugin(evaluate=evaluate_model, on_evaluated=self._experience_done),
+            CheckpointPlugin(path=self.checkpoint, on_saved=self._checkpoint_saved, on_failed=self._checkpoint_failed),
+        ]
+
+    def _checkpoint_saved(self) -> None:
+        self.event("checkpoint", {"experience": self.current})
+
+    def _checkpoint_failed(self, exc: Exception) -> None:
+        # Losing the ability to resume is better than losing the run itself.
+        self.event("checkpoint_failed", {"experience": self.current, "error": str(exc)[:300]})
 
     # --- pieces --------------------------------------------------------------------------
     def _state(self, start: int, resumed: bool) -> dict[str, Any]:
@@ -366,30 +230,12 @@ class ExperimentRun:
             self.event("continued", {"from_experiment": source.name, "state": "weights"})
         return strategy
 
-    @staticmethod
-    def _own_plugins(strategy: Any, progress_plugin: ProgressPlugin) -> None:
-        # A checkpoint restores the plugin list without our live plugin; put it back once.
-        strategy.plugins = [p for p in strategy.plugins if not isinstance(p, ProgressPlugin)] + [progress_plugin]
-
-    def _save_checkpoint(self, strategy: Any, progress_plugin: ProgressPlugin) -> None:
-        plugins = strategy.plugins
-        strategy.plugins = [p for p in plugins if p is not progress_plugin]
-        try:
-            checkpoint_save(strategy, self.checkpoint)
-            self.event("checkpoint", {"experience": self.current})
-        except Exception as exc:
-            # Losing the ability to resume is better than losing the run itself.
-            logger.exception("checkpoint of experiment %s failed", self.experiment.pk)
-            self.event("checkpoint_failed", {"experience": self.current, "error": str(exc)[:300]})
-        finally:
-            strategy.plugins = plugins
-
     def _mlflow_run(self) -> str:
         if self.experiment.mlflow_run_id:
             return self.experiment.mlflow_run_id
         user = self.experiment.owner.username
-        started = self._track(tracking.run_start, username=user, run_name=self.experiment.name,
-                              params=self.options, tags={"claas.user": user, "claas.experiment": self.experiment.name})
+        started = self.tracker(tracking.run_start, username=user, run_name=self.experiment.name,
+                               params=self.options, tags={"claas.user": user, "claas.experiment": self.experiment.name})
         if started is None:
             return ""
         self.mlflow_experiment_id, run_id = started
@@ -397,8 +243,10 @@ class ExperimentRun:
         self.experiment.mlflow_run_id = run_id
         return run_id
 
-    def _experience_done(self, state: dict, i: int, row: list[float], stream: Stream, train_time: float,
-                         eval_time: float, samples: int, sizes: list[int]) -> None:
+    def _experience_done(self, *, model: nn.Module, row: list[float], eval_time: float) -> None:
+        """The evaluation after an experience's training: its record, its MLflow step, its event."""
+        state, i, stream, sizes = self.state, self.current, self.stream, self.sizes
+        train_time, samples = self.progress.train_time, self.progress.samples
         state["matrix"].append(row)
         trained = list(range(len(stream.train))) if self.offline else [i]
         record = {
@@ -417,11 +265,11 @@ class ExperimentRun:
             step_metrics = {"stream_accuracy": record["stream_accuracy"], "experience_accuracy": record["accuracy"],
                             "train_time_s": train_time, "samples_processed": samples,
                             **{f"accuracy_exp_{j}": a for j, a in enumerate(row)}}
-            self._track(tracking.run_metrics, run_id=self.run_id, metrics=step_metrics, step=i)
+            self.tracker(tracking.run_metrics, run_id=self.run_id, metrics=step_metrics, step=i)
         if self.run_id:
-            with rng_preserved(self.model_for_logging):
-                logged = self._track(tracking.model_log, run_id=self.run_id, model=cpu_model(self.model_for_logging),
-                                     input_example=stream.test[0][0][:2], name=f"experience_{i}")
+            with rng_preserved(model):
+                logged = self.tracker(tracking.model_log, run_id=self.run_id, model=cpu_model(model),
+                                      input_example=stream.test[0][0][:2], name=f"experience_{i}")
             state["mlflow_models"].append(logged["model_uri"] if logged else None)
         n_units = self.n_units
         progress = (i + 1) / n_units
@@ -454,19 +302,20 @@ class ExperimentRun:
 
     def _mlflow_info(self) -> dict[str, Any] | None:
         if not self.run_id:
-            return {"error": "; ".join(self.tracking_errors)} if self.tracking_errors else None
+            return {"error": "; ".join(self.tracker.errors)} if self.tracker.errors else None
         exp_id = getattr(self, "mlflow_experiment_id", None)
         if exp_id is None:
-            info = self._track(lambda run_id: tracking.client().get_run(run_id).info, run_id=self.run_id)
+            info = self.tracker(lambda run_id: tracking.client().get_run(run_id).info, run_id=self.run_id)
             exp_id = info.experiment_id if info else ""
             self.mlflow_experiment_id = exp_id
         out = {"experiment_id": exp_id, "run_id": self.run_id,
                "url": tracking.run_url(experiment_id=exp_id, run_id=self.run_id)}
-        if self.tracking_errors:
-            out["errors"] = self.tracking_errors
+        if self.tracker.errors:
+            out["errors"] = self.tracker.errors
         return out
 
-    def _finish(self, state: dict, model: nn.Module, stream: Stream, sizes: list[int]) -> None:
+    def _finish(self, model: nn.Module) -> None:
+        state, sizes = self.state, self.sizes
         user, name = self.experiment.owner.username, self.experiment.name
         final_path = self.dir / FINAL_MODEL_NAME
         cpu_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -484,17 +333,17 @@ class ExperimentRun:
         last_logged = state["mlflow_models"][-1] if state["mlflow_models"] else None
         if self.run_id and last_logged:
             registered = f"{user}.{name}"
-            version = self._track(tracking.registry_add, name=registered, source=last_logged, run_id=self.run_id,
-                                  tags={"claas.experiment": name, "claas.strategy": self.options["strategy"]["name"]})
+            version = self.tracker(tracking.registry_add, name=registered, source=last_logged, run_id=self.run_id,
+                                   tags={"claas.experiment": name, "claas.strategy": self.options["strategy"]["name"]})
             if version:
                 model_info["mlflow_uri"] = f"models:/{registered}/{version}"
                 model_info["mlflow_logged_uri"] = last_logged
                 model_info["mlflow_version"] = version
         if self.run_id:
-            self._track(tracking.run_metrics, run_id=self.run_id,
-                        metrics={k: results["metrics"][k] for k in ("final_accuracy", "forgetting", "bwt", "fwt")},
-                        step=len(state["matrix"]) - 1)
-            self._track(tracking.run_end, run_id=self.run_id, status="FINISHED")
+            self.tracker(tracking.run_metrics, run_id=self.run_id,
+                         metrics={k: results["metrics"][k] for k in ("final_accuracy", "forgetting", "bwt", "fwt")},
+                         step=len(state["matrix"]) - 1)
+            self.tracker(tracking.run_end, run_id=self.run_id, status="FINISHED")
         results["model"] = model_info
         results["mlflow"] = self._mlflow_info()
         results["cost"]["wall_time_s"] = time.perf_counter() - self.started

@@ -150,6 +150,8 @@ class TensorBatchesPlugin(SupervisedPlugin):
 
     def before_training_exp(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
         self._original = self._original_memory = None
+        if not getattr(strategy, "train_epochs", 1):
+            return  # no minibatch is drawn (a deployment update's memory experience): nothing to gather
         fast = tensor_loader(strategy.dataloader, torch.device(strategy.device))
         if fast is not None:
             self._original, strategy.dataloader = strategy.dataloader, fast
