@@ -34,6 +34,10 @@ PICKLED_OBJECT = f"The file holds a pickled Python object, not a state_dict; {HO
 # torch names the refused class as "GLOBAL module.name" in its weights_only error.
 GLOBAL_RE = re.compile(r"\bGLOBAL ([\w.]+)")
 NOT_WEIGHTS = f"The file is not a PyTorch weights file; {HOW_TO_SAVE}."
+EXPORT_REFUSED = (f"The file is a torch.export program, which is not a weights file (loading one can unpickle its "
+                  f"parts); {HOW_TO_SAVE} instead.")
+# What torch.export.save writes beside its weights: the program's own description.
+EXPORT_MEMBER_RE = re.compile(r"^[^/]+/(archive_format|models/[^/]+\.json)$")
 TORCHSCRIPT_REFUSED = (f"The file is a TorchScript archive, a program that CLaaS never runs (loading it would run its "
                        f"code); {HOW_TO_SAVE} instead.")
 
@@ -88,6 +92,8 @@ def _layout_check(entries: list[zipfile.ZipInfo]) -> None:
     root = names[0].split("/", 1)[0] if names else ""
     unexpected = [n for n in names
                   if not (root and n.startswith(root + "/") and SAVE_MEMBER_RE.fullmatch(n[len(root) + 1:]))]
+    if any(EXPORT_MEMBER_RE.match(n) for n in unexpected):
+        raise InvalidInput(EXPORT_REFUSED, details={"member": unexpected[0][:100]})
     if any(TORCHSCRIPT_HINT_RE.search(n) for n in unexpected):
         raise InvalidInput(TORCHSCRIPT_REFUSED, details={"member": unexpected[0][:100]})
     if unexpected:

@@ -240,3 +240,18 @@ def test_a_member_name_hidden_behind_a_nul_byte_is_seen():
         assert "archive/data/99" in archive.namelist()
     error = refusal(io.BytesIO(hidden))
     assert error.message == TORCHSCRIPT_REFUSED
+
+
+def test_a_torch_export_program_is_refused_and_never_loaded(tmp_path: Path, monkeypatch):
+    # torch.export.load falls back to torch.load(weights_only=False) on its own: never on uploads.
+    def never(*args, **kwargs):
+        raise AssertionError("a program loader was called on uploaded bytes")
+
+    program = torch.export.export(nn.Sequential(nn.Linear(4, 3), nn.ReLU()).eval(), (torch.zeros(2, 4),))
+    path = tmp_path / "model.pt2"
+    torch.export.save(program, str(path))
+    monkeypatch.setattr(torch.export, "load", never)
+    monkeypatch.setattr(torch.jit, "load", never)
+    error = refusal(io.BytesIO(path.read_bytes()))
+    assert error.message.startswith("The file is a torch.export program, which is not a weights file")
+    assert "torch.save(model.state_dict(), path)" in error.message
