@@ -1,8 +1,10 @@
 """REST routes of the CL server under /api/."""
 from django.urls import path
 
+from clserver.datasets import api as datasets
 from clserver.experiments import api
 from clserver.deployments import api as dep
+from clserver.training import api as training
 
 urlpatterns = [
     path("experiments/", api.ExperimentListApi.as_view(), name="experiment-list"),
@@ -10,11 +12,11 @@ urlpatterns = [
     path("experiments/<str:exp_name>/cancel", api.ExperimentCancelApi.as_view(), name="experiment-cancel"),
     path("experiments/<str:exp_name>/events", api.ExperimentEventsApi.as_view(), name="experiment-events"),
     path("experiments/<str:exp_name>/model", api.ExperimentModelDownloadApi.as_view(), name="experiment-model"),
-    path("strategies/", api.StrategyListApi.as_view(), name="strategy-list"),
-    path("optimizers/", api.OptimizerListApi.as_view(), name="optimizer-list"),
-    path("benchmarks/", api.BenchmarkListApi.as_view(), name="benchmark-list"),
-    path("datasets/", api.DatasetListApi.as_view(), name="dataset-list"),
-    path("datasets/<str:name>", api.DatasetDetailApi.as_view(), name="dataset-detail"),
+    path("strategies/", training.StrategyListApi.as_view(), name="strategy-list"),
+    path("optimizers/", training.OptimizerListApi.as_view(), name="optimizer-list"),
+    path("benchmarks/", training.BenchmarkListApi.as_view(), name="benchmark-list"),
+    path("datasets/", datasets.DatasetListApi.as_view(), name="dataset-list"),
+    path("datasets/<str:name>", datasets.DatasetDetailApi.as_view(), name="dataset-detail"),
     path("detectors/", dep.DetectorListApi.as_view(), name="detector-list"),
     path("deployments/", dep.DeploymentListApi.as_view(), name="deployment-list"),
     path("deployments/<str:name>", dep.DeploymentDetailApi.as_view(), name="deployment-detail"),

@@ -20,7 +20,7 @@ from django.db import IntegrityError, transaction
 from claas_site.errors import Conflict, InvalidInput, PayloadTooLarge
 from claas_site.quotas import quota_count_check, quota_stored_bytes_check
 from clserver.models import Dataset, Experiment
-from clserver.experiments.selectors import dataset_get
+from clserver.datasets.selectors import dataset_get
 
 MAX_CLASSES = 10_000
 

@@ -4,28 +4,21 @@ from __future__ import annotations
 from django.http import FileResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
-from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from claas_site.errors import NotFound
-from claas_site.serializers import RegistryEntrySerializer
-from clserver.datasets import services as datasets
 from clserver.experiments import selectors
 from clserver.experiments import services
 from clserver.experiments.options import overwrite_pop
-from clserver.training.benchmarks import BENCHMARKS
 from clserver.experiments.serializers import (
-    DatasetOutputSerializer,
-    DatasetUploadInputSerializer,
     EventSerializer,
     ExperimentOutputSerializer,
     ExperimentResultsSerializer,
     ExperimentSetupInputSerializer,
     ExperimentStatusSerializer,
 )
-from clserver.training.strategies import OPTIMIZERS, STRATEGIES
 
 ERRORS = {code: OpenApiResponse(description="{\"error\": \"...\", \"details\": {...}}")
           for code in (400, 401, 403, 404, 409)}
@@ -121,54 +114,3 @@ class ExperimentModelDownloadApi(APIView):
             raise NotFound(f"Experiment '{exp_name}' has no final model yet.")
         return FileResponse(open(path, "rb"), as_attachment=True, filename=f"{exp_name}.pt",
                             content_type="application/octet-stream")
-
-
-# --- registries ------------------------------------------------------------------------------
-class StrategyListApi(APIView):
-    @extend_schema(summary="Strategies with their parameters and defaults.",
-                   responses={200: RegistryEntrySerializer(many=True)})
-    def get(self, request: Request) -> Response:
-        return Response(STRATEGIES.describe())
-
-
-class OptimizerListApi(APIView):
-    @extend_schema(summary="Optimizers with their parameters and defaults.",
-                   responses={200: RegistryEntrySerializer(many=True)})
-    def get(self, request: Request) -> Response:
-        return Response(OPTIMIZERS.describe())
-
-
-class BenchmarkListApi(APIView):
-    @extend_schema(summary="Benchmarks with their parameters and defaults.",
-                   responses={200: RegistryEntrySerializer(many=True)})
-    def get(self, request: Request) -> Response:
-        return Response(BENCHMARKS.describe())
-
-
-# --- datasets --------------------------------------------------------------------------------
-class DatasetListApi(APIView):
-    parser_classes = [MultiPartParser, FormParser]
-
-    @extend_schema(summary="Your datasets.", responses={200: DatasetOutputSerializer(many=True)})
-    def get(self, request: Request) -> Response:
-        return Response(DatasetOutputSerializer(selectors.dataset_list(owner=request.user), many=True).data)
-
-    @extend_schema(summary="Upload a dataset: NPZ with x and y, or CSV with a label column.",
-                   request={"multipart/form-data": DatasetUploadInputSerializer},
-                   responses={201: DatasetOutputSerializer, **ERRORS, 413: ERRORS[400]})
-    def post(self, request: Request) -> Response:
-        serializer = DatasetUploadInputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        dataset = datasets.dataset_create(owner=request.user, **serializer.validated_data)
-        return Response(DatasetOutputSerializer(dataset).data, status=status.HTTP_201_CREATED)
-
-
-class DatasetDetailApi(APIView):
-    @extend_schema(summary="One dataset.", responses={200: DatasetOutputSerializer, **ERRORS})
-    def get(self, request: Request, name: str) -> Response:
-        return Response(DatasetOutputSerializer(selectors.dataset_get(owner=request.user, name=name)).data)
-
-    @extend_schema(summary="Delete a dataset no experiment is using.", responses={204: None, **ERRORS})
-    def delete(self, request: Request, name: str) -> Response:
-        datasets.dataset_delete(owner=request.user, name=name)
-        return Response(status=status.HTTP_204_NO_CONTENT)

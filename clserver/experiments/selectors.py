@@ -9,7 +9,7 @@ from django.conf import settings
 from django.db.models import QuerySet
 
 from claas_site.errors import Forbidden, NotFound
-from clserver.models import Dataset, Experiment, ExperimentEvent
+from clserver.models import Experiment, ExperimentEvent
 
 
 def path_user_check(*, user: Any, username: str) -> None:
@@ -92,13 +92,3 @@ def experiment_results(*, experiment: Experiment) -> dict[str, Any]:
         body["error"] = text_paths_hidden(experiment.error)
     return body
 
-
-def dataset_list(*, owner: Any) -> QuerySet[Dataset]:
-    return Dataset.objects.filter(owner=owner)
-
-
-def dataset_get(*, owner: Any, name: str) -> Dataset:
-    dataset = Dataset.objects.filter(owner=owner, name=name).first()
-    if dataset is None:
-        raise NotFound(f"You have no dataset named '{name}'.")
-    return dataset

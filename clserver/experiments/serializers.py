@@ -19,7 +19,7 @@ from clserver.experiments.options import (
     OVERWRITE,
     TRAINING_PARAMS,
 )
-from clserver.models import NAME_MAX_LENGTH, Dataset, Experiment, JobStatus
+from clserver.models import NAME_MAX_LENGTH, Experiment, JobStatus
 from clserver.training.benchmarks import BENCHMARKS
 from clserver.training.strategies import OPTIMIZERS, STRATEGIES
 from modelfactory.architectures import ARCHITECTURES
@@ -117,15 +117,3 @@ class EventSerializer(serializers.Serializer):
     type = serializers.CharField()
     time = serializers.DateTimeField()
 
-
-class DatasetOutputSerializer(serializers.ModelSerializer):
-    class Meta:
-        model = Dataset
-        fields = ["name", "original_format", "n_samples", "n_features", "classes", "size_bytes", "created_at"]
-
-
-class DatasetUploadInputSerializer(serializers.Serializer):
-    name = serializers.RegexField(NAME_RE.pattern, max_length=NAME_MAX_LENGTH)
-    file = serializers.FileField(help_text="NPZ with arrays x and y, or CSV with a header and a label column.")
-    label_column = serializers.CharField(required=False, default="label",
-                                         help_text="CSV only: the column holding the integer class label.")
