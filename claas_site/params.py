@@ -17,6 +17,14 @@ PARAM_TYPES = ("int", "float", "bool", "str", "int_list")
 INT_LIST_MAX = 64
 
 
+def keys_only(obj: dict[str, Any], *, allowed: tuple[str, ...], where: str) -> None:
+    """Refuse a key not in `allowed`, naming it and where it was."""
+    unknown = sorted(set(obj) - set(allowed))
+    if unknown:
+        raise InvalidInput(f"{where} has unknown key '{unknown[0]}' (allowed: {', '.join(allowed)}).",
+                           details={where: {"unknown": unknown}})
+
+
 @dataclass(frozen=True)
 class Param:
     name: str

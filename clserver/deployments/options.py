@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from claas_site.errors import InvalidInput
-from claas_site.params import Param
+from claas_site.params import Param, keys_only
 from clserver.deployments import data
 from clserver.deployments.models import UpdateTrigger
 from clserver.experiments.options import training_validate
@@ -34,14 +34,6 @@ UPDATE_PARAMS = (
 )
 UPDATE_KEYS = tuple(p.name for p in UPDATE_PARAMS) + ("strategy", "training")
 DEFAULT_UPDATE_STRATEGY = {"name": "replay", "params": {}}
-
-
-def keys_only(obj: dict[str, Any], *, allowed: tuple[str, ...], where: str) -> None:
-    """Refuse a key not in `allowed`, naming it and where it was."""
-    unknown = sorted(set(obj) - set(allowed))
-    if unknown:
-        raise InvalidInput(f"{where} has unknown key '{unknown[0]}' (allowed: {', '.join(allowed)}).",
-                           details={where: {"unknown": unknown}})
 
 
 def object_or_empty(value: Any, *, where: str) -> dict[str, Any]:

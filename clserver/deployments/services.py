@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from claas_site import tracking
 from claas_site.errors import Conflict, InvalidInput, NotFound
+from claas_site.params import keys_only
 from claas_site.quotas import quota_count_check, quota_stored_bytes_check
 from clserver.deployments import data
 from clserver.deployments.detector import detector_cache_put
@@ -27,7 +28,7 @@ from clserver.deployments.models import (
     UpdateTrigger,
     VersionOrigin,
 )
-from clserver.deployments.options import keys_only, update_options, update_options_override
+from clserver.deployments.options import update_options, update_options_override
 from clserver.deployments.paths import deployment_dir, deployment_key, registered_name, relative_path
 from clserver.deployments.selectors import deployment_buffered
 from clserver.deployments.sources import DATA_SEED, source_resolve

@@ -10,8 +10,9 @@ import numpy as np
 from django.conf import settings
 
 from claas_site.errors import InvalidInput, NotFound
+from claas_site.params import keys_only
 from clserver.deployments import data
-from clserver.deployments.options import keys_only, object_or_empty
+from clserver.deployments.options import object_or_empty
 from clserver.experiments.options import validate_name
 from clserver.models import Dataset, Experiment, JobStatus
 

@@ -9,7 +9,7 @@ from typing import Any, Callable
 from django.conf import settings
 
 from claas_site.errors import ApplicationError, InvalidInput
-from claas_site.params import Param
+from claas_site.params import Param, keys_only
 from clserver.training.benchmarks import Source, benchmark_source
 from clserver.models import Experiment, JobStatus
 from clserver.names import NAME_MAX_LENGTH, NAME_PATTERN
@@ -67,13 +67,6 @@ def _object(raw: dict[str, Any], key: str, default: dict[str, Any]) -> dict[str,
     return value
 
 
-def _only(obj: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
-    unknown = sorted(set(obj) - set(allowed))
-    if unknown:
-        raise InvalidInput(f"{where} has unknown key '{unknown[0]}' (allowed: {', '.join(allowed)}).",
-                           details={where: {"unknown": unknown}})
-
-
 def cuda_available() -> bool:
     import torch
 
@@ -112,7 +105,7 @@ def training_validate(*, raw: dict[str, Any], where: str,
 
     `optimizer_object` turns the given `optimizer` into an object ({} for the default, sgd) or refuses it.
     """
-    _only(raw, TRAINING_KEYS, where)
+    keys_only(raw, allowed=TRAINING_KEYS, where=where)
     training = {p.name: (p.coerce(raw[p.name], where) if p.name in raw else p.default) for p in TRAINING_PARAMS}
     validate_device(training["device"])
     opt_raw = optimizer_object(raw.get("optimizer"))
@@ -126,7 +119,7 @@ def _validate_model(raw_model: dict[str, Any], source: Source, owner: Any) -> tu
     if "registered" in raw_model:
         from modelfactory.selectors import model_version_get
 
-        _only(raw_model, ("registered", "version"), "model")
+        keys_only(raw_model, allowed=("registered", "version"), where="model")
         version = raw_model.get("version")
         if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
             raise InvalidInput("model.version must be a positive integer.", details={"model.version": version})
@@ -138,7 +131,7 @@ def _validate_model(raw_model: dict[str, Any], source: Source, owner: Any) -> tu
         normalized = {"registered": mv.model.name, "version": mv.version, "architecture": architecture,
                       "params": params}
     else:
-        _only(raw_model, ("architecture", "params"), "model")
+        keys_only(raw_model, allowed=("architecture", "params"), where="model")
         params_in = raw_model.get("params") or {}
         if not isinstance(params_in, dict):
             raise InvalidInput("model.params must be an object.", details={"model.params": type(params_in).__name__})
@@ -172,7 +165,7 @@ def overwrite_pop(*, raw: Any) -> tuple[Any, bool]:
 def options_validate(*, owner: Any, raw: Any) -> Validated:
     if not isinstance(raw, dict):
         raise InvalidInput("The request body must be a JSON object.")
-    _only(raw, TOP_KEYS, "options")
+    keys_only(raw, allowed=TOP_KEYS, where="options")
     exp_name = validate_name(raw.get("exp_name"))
 
     # from_experiment: continue another experiment's model and strategy state.
@@ -208,7 +201,7 @@ def options_validate(*, owner: Any, raw: Any) -> Validated:
         model_opts, registered = _validate_model(_object(raw, "model", DEFAULT_MODEL), source, owner)
 
     strat_raw = _object(raw, "strategy", DEFAULT_STRATEGY)
-    _only(strat_raw, ("name", "params"), "strategy")
+    keys_only(strat_raw, allowed=("name", "params"), where="strategy")
     strat_entry = STRATEGIES.get(strat_raw.get("name", "replay"), "strategy.name")
     strat_params = strat_entry.validate(strat_raw.get("params"), "strategy.params")
     mem = memory_size(name=strat_entry.name, params=strat_params, n_experiences=source.n_experiences)
