@@ -43,6 +43,9 @@ def memory_queue(monkeypatch) -> MemoryHuey:
     """The default queue replaced by an in-memory Huey, so messages can be inspected."""
     huey = MemoryHuey("test-queues", immediate=False)
     monkeypatch.setitem(queues.QUEUES, QUEUE_DEFAULT, huey)
+    # A queued task closes stale database connections around each run (djhuey's close_db); these
+    # jobs use no database, and the test database is not theirs to touch.
+    monkeypatch.setattr("huey.contrib.djhuey.close_old_connections", lambda: None)
     return huey
 
 
