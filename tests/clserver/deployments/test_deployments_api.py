@@ -373,14 +373,15 @@ def test_every_n_samples_trigger_queues_one_update_at_a_time_and_cancel_returns_
     third = ingest(tr[120:240])
     assert third["update"] is None and third["buffered"] == 120
     assert third["trigger"].startswith(f"Update {second['update']['id']} is still queued")
-    queued = DeploymentUpdate.objects.get(pk=second["update"]["id"])
+    # The id users see is the update's number within the deployment, not the row's key.
+    queued = DeploymentUpdate.objects.get(deployment__name="steady", number=second["update"]["id"])
     assert queued.n_samples == 120 and queued.samples_seen_total == len(tr) + 120
     assert queued.options["trigger"] == "every_n_samples" and queued.base_version == 1
 
-    cancelled = api.post(f"/api/deployments/steady/updates/{queued.id}/cancel", format="json")
+    cancelled = api.post(f"/api/deployments/steady/updates/{queued.number}/cancel", format="json")
     assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"
     assert api.get("/api/deployments/steady").json()["buffered_samples"] == 240
-    again = api.post(f"/api/deployments/steady/updates/{queued.id}/cancel", format="json")
+    again = api.post(f"/api/deployments/steady/updates/{queued.number}/cancel", format="json")
     assert again.status_code == 409 and "only queued or running updates" in again.json()["error"]
     manual = api.post("/api/deployments/steady/update", {"training": {"epochs": 1}}, format="json")
     assert manual.status_code == 202 and manual.json()["trigger"] == "manual"
