@@ -1,1 +1,1 @@
-"""Uploaded datasets: safe parsing of NPZ and CSV, storage, listing."""
+"""Uploaded datasets: safe parsing of NPZ, CSV, Parquet and image-folder zips, storage, listing."""

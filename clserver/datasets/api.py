@@ -22,7 +22,8 @@ class DatasetListApi(APIView):
     def get(self, request: Request) -> Response:
         return Response(DatasetOutputSerializer(selectors.dataset_list(owner=request.user), many=True).data)
 
-    @extend_schema(summary="Upload a dataset: NPZ with x and y, or CSV with a label column.",
+    @extend_schema(summary="Upload a dataset: NPZ with x and y, CSV or Parquet with a label column, "
+                           "or a zip of images in class folders.",
                    request={"multipart/form-data": DatasetUploadInputSerializer},
                    responses={201: DatasetOutputSerializer, **ERRORS, 413: ERRORS[400]})
     def post(self, request: Request) -> Response:

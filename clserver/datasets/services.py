@@ -1,4 +1,4 @@
-"""Uploaded datasets: parse NPZ or CSV safely, validate, store as a normalised NPZ."""
+"""Uploaded datasets: detect the format, parse it safely, validate, store as a normalised NPZ."""
 from __future__ import annotations
 
 import codecs
@@ -20,9 +20,10 @@ from django.db import IntegrityError, transaction
 from claas_site.errors import Conflict, InvalidInput, PayloadTooLarge
 from claas_site.quotas import quota_count_check, quota_stored_bytes_check
 from clserver.models import Dataset, Experiment
+from clserver.datasets.images import image_folder_read, zip_is_image_folder
+from clserver.datasets.limits import MAX_CLASSES
+from clserver.datasets.parquet import parquet_read
 from clserver.datasets.selectors import dataset_get
-
-MAX_CLASSES = 10_000
 
 
 def _check_arrays(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -243,7 +244,29 @@ def _parse_csv_text(text: io.TextIOBase, label_column: str) -> tuple[np.ndarray,
     return x, np.frombuffer(labels, dtype=np.float64)
 
 
-def dataset_create(*, owner: Any, name: str, file: UploadedFile, label_column: str = "label") -> Dataset:
+def _parse(raw: bytes, label_column: str, image_mode: str | None,
+           image_size: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray, str, dict[str, np.ndarray]]:
+    """The one place that tells formats apart: x, y, the format's name and what the NPZ keeps beside x and y."""
+    is_images = raw[:4] == b"PK\x03\x04" and zip_is_image_folder(raw)
+    if (image_mode or image_size) and not is_images:
+        raise InvalidInput("image_mode and image_size apply only to a zip of images in class folders.")
+    if is_images:
+        images = image_folder_read(raw, mode=image_mode, size=image_size)
+        # The row keeps class indices and flat features; the file keeps the folder names and [C, H, W].
+        extra = {"class_names": np.array(images.class_names), "input_shape": np.array(images.input_shape)}
+        return images.x, images.y, "images", extra
+    if raw[:4] == b"PK\x03\x04":
+        return *_parse_npz(raw), "npz", {}
+    if raw[:4] == b"PAR1":
+        return *parquet_read(raw, label_column), "parquet", {}
+    if raw[:2] == b"\x80\x02" or raw[:1] == b"\x80":
+        raise InvalidInput("Pickled files are refused; upload an NPZ with numeric arrays, a CSV, a Parquet file "
+                           "or a zip of images.")
+    return *_parse_csv(raw, label_column), "csv", {}
+
+
+def dataset_create(*, owner: Any, name: str, file: UploadedFile, label_column: str = "label",
+                   image_mode: str | None = None, image_size: tuple[int, int] | None = None) -> Dataset:
     if file.size is not None and file.size > settings.MAX_UPLOAD_BYTES:
         raise PayloadTooLarge(f"The file is {file.size} bytes; the limit is {settings.MAX_UPLOAD_BYTES} bytes.")
     if Dataset.objects.filter(owner=owner, name=name).exists():
@@ -254,18 +277,13 @@ def dataset_create(*, owner: Any, name: str, file: UploadedFile, label_column: s
     raw = file.read(want + 1)
     if len(raw) > settings.MAX_UPLOAD_BYTES:
         raise PayloadTooLarge(f"The file is larger than the limit of {settings.MAX_UPLOAD_BYTES} bytes.")
-    if raw[:4] == b"PK\x03\x04":
-        x, y, fmt = *_parse_npz(raw), "npz"
-    elif raw[:2] == b"\x80\x02" or raw[:1] == b"\x80":
-        raise InvalidInput("Pickled files are refused; upload an NPZ with numeric arrays or a CSV.")
-    else:
-        x, y, fmt = *_parse_csv(raw, label_column), "csv"
+    x, y, fmt, extra = _parse(raw, label_column, image_mode, image_size)
     x, y = _check_arrays(x, y)
     quota_stored_bytes_check(owner=owner, adding=x.nbytes + y.nbytes)
     rel = f"files/datasets/{owner.pk}/{uuid.uuid4().hex}.npz"
     path = settings.DATA_DIR / rel
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, x=x, y=y)
+    np.savez(path, x=x, y=y, **extra)
     try:
         with transaction.atomic():
             quota_count_check(owner=owner, kind="datasets")  # with the user's row locked

@@ -1,0 +1,4 @@
+"""Limits every dataset format shares."""
+from __future__ import annotations
+
+MAX_CLASSES = 10_000
