@@ -33,7 +33,6 @@ RATIO_FREE_BYTES = 1024 * 1024  # below this a member's ratio does not matter
 MAX_IMAGE_PIXELS = 4096 * 4096  # one image's width x height, read from its header
 MAX_DECODED_PIXELS = 512 * 1024 * 1024  # all images together: bounds the decoding time
 MAX_CLASS_NAME = 255
-SYMLINK = 0o120000
 
 
 @dataclass(frozen=True)
@@ -92,7 +91,7 @@ def _image_members(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
         if name.startswith(("/", "\\")) or ".." in parts or (len(name) > 1 and name[1] == ":"):
             raise InvalidInput(f"The zip holds '{_shown(name)}', a path outside its own folders; "
                                "store relative paths only.")
-        if (info.external_attr >> 16) & 0o170000 == SYMLINK:
+        if stat.S_ISLNK(info.external_attr >> 16):
             raise InvalidInput(f"The zip holds '{_shown(name)}', a symbolic link; store the image itself.")
         if info.is_dir() or not parts or any(p.startswith(".") or p in IGNORED_NAMES for p in parts):
             continue
@@ -121,7 +120,7 @@ def _classes(members: list[zipfile.ZipInfo]) -> tuple[list[str], list[tuple[zipf
     if not members:
         raise InvalidInput("The zip holds no .png, .jpg or .jpeg images.")
     parts = [[p for p in info.filename.split("/") if p] for info in members]
-    if all(len(p) >= 3 for p in parts) and len({p[0] for p in parts}) == 1:
+    if len({p[0] for p in parts}) == 1 and any(len(p) >= 3 for p in parts):  # one common top folder
         parts = [p[1:] for p in parts]
     for info, p in zip(members, parts):
         if len(p) < 2:
