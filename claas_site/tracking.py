@@ -17,7 +17,8 @@ logger = logging.getLogger(__name__)
 
 # Fluent MLflow calls use process-global state; one lock keeps worker threads apart.
 _FLUENT_LOCK = threading.RLock()
-PIP_REQUIREMENTS = ["torch==2.14.1"]
+# Logged models are torch.export programs: loading one needs torch (and mlflow), not CLaaS.
+REQUIRED_PACKAGES = ("torch",)
 MAX_PARAM_LENGTH = 500
 
 
@@ -154,17 +155,31 @@ def model_log(*, run_id: str, model: Any, input_example: Any, name: str,
     mlflow = _mlflow()
     import mlflow.pytorch
 
-    with _FLUENT_LOCK:
-        with mlflow.start_run(run_id=run_id, nested=False):
-            info = mlflow.pytorch.log_model(
-                model, name=name, input_example=input_example, pip_requirements=PIP_REQUIREMENTS,
-                serialization_format="pickle",
-            )
+    # Logged in evaluation mode as a torch.export program (pt2): `mlflow.pytorch.load_model` and
+    # `mlflow.pyfunc.load_model` load it in any Python with torch, without CLaaS's classes on the path.
+    training = model.training
+    model.eval()
+    try:
+        with _FLUENT_LOCK:
+            with mlflow.start_run(run_id=run_id, nested=False):
+                info = mlflow.pytorch.log_model(
+                    model, name=name, input_example=input_example, pip_requirements=pip_requirements(),
+                    serialization_format="pt2",
+                )
+    finally:
+        model.train(training)
     out = {"model_uri": info.model_uri, "registered_name": "", "version": ""}
     if registered_name:
         version = registry_add(name=registered_name, source=info.model_uri, run_id=run_id, tags=tags or {})
         out.update(registered_name=registered_name, version=version)
     return out
+
+
+def pip_requirements() -> list[str]:
+    """The installed versions of what a logged model needs to load, e.g. ["torch==2.14.1"]."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in REQUIRED_PACKAGES]
 
 
 def registry_add(*, name: str, source: str, run_id: str | None = None, tags: dict[str, str] | None = None,

@@ -17,6 +17,7 @@ from claas_site.errors import InvalidInput, PayloadTooLarge
 from claas_site.serializers import RegistryEntrySerializer
 from modelfactory import selectors, services
 from modelfactory.architectures import ARCHITECTURES
+from modelfactory.exports import DOWNLOAD_FORMATS
 from modelfactory.serializers import (
     ModelVersionCreatedSerializer,
     ModelVersionOutputSerializer,
@@ -148,9 +149,12 @@ class ModelVersionDownloadApi(APIView):
     content_negotiation_class = FormatIsNotARenderer
 
     @extend_schema(
-        summary="Download a version's weights: a state_dict (torch.load(..., weights_only=True)) or TorchScript.",
-        parameters=[OpenApiParameter("format", OpenApiTypes.STR, enum=list(selectors.DOWNLOAD_FORMATS),
-                                     default="state_dict", description="state_dict or torchscript (traced).")],
+        summary="Download a version: its state_dict (torch.load(..., weights_only=True)), a torch.export program "
+                "(torch.export.load(path).module()) or TorchScript (torch.jit.load).",
+        parameters=[OpenApiParameter("format", OpenApiTypes.STR, enum=list(DOWNLOAD_FORMATS),
+                                     default="state_dict",
+                                     description="state_dict, pt2 (torch.export, any batch size) or torchscript "
+                                                 "(traced; not for uploaded programs).")],
         responses={(200, "application/octet-stream"): OpenApiResponse(description="weights file"), **ERRORS},
     )
     def get(self, request: Request, name: str, version: int) -> FileResponse:

@@ -15,6 +15,9 @@ if TYPE_CHECKING:
     from torch import nn
 
 ARCHITECTURES = Registry("architecture")
+# An uploaded torch.export program: registered only by uploading one (never named in options), so
+# a tenant can never point at another tenant's program.
+PROGRAM = "program"
 
 MAX_INPUT_NUMEL = 3 * 512 * 512
 
@@ -120,22 +123,26 @@ def architecture_params(*, architecture: Any, params: Any, where: str = "model")
     if math.prod(full["input_shape"]) > MAX_INPUT_NUMEL:
         raise InvalidInput(f"{where}.params.input_shape is too large (at most {MAX_INPUT_NUMEL} values).",
                            details={"input_shape": full["input_shape"]})
-    cost = architecture_cost(architecture=entry.name, params=full, where=where)
+    cost_check(cost=architecture_cost(architecture=entry.name, params=full, where=where), where=f"{where}.params")
+    return full
+
+
+def cost_check(*, cost: ModelCost, where: str) -> None:
+    """Refuse a model whose parameters, per-sample activations or FLOPs exceed the limits."""
     limits = (
         ("parameters", cost.parameters, settings.MAX_MODEL_PARAMETERS,
-         f"{where}.params describe a model of {cost.parameters:,} parameters; at most "
+         f"{where} describe a model of {cost.parameters:,} parameters; at most "
          f"{settings.MAX_MODEL_PARAMETERS:,} are allowed."),
         ("activation_bytes", cost.activation_bytes, settings.MAX_ACTIVATION_BYTES,
-         f"{where}.params describe a model whose activations take {cost.activation_bytes:,} bytes per sample; "
+         f"{where} describe a model whose activations take {cost.activation_bytes:,} bytes per sample; "
          f"at most {settings.MAX_ACTIVATION_BYTES:,} are allowed (CLAAS_MAX_ACTIVATION_BYTES)."),
         ("flops", cost.flops, settings.MAX_MODEL_FLOPS,
-         f"{where}.params describe a model of {cost.flops:,} FLOPs per sample; at most "
+         f"{where} describe a model of {cost.flops:,} FLOPs per sample; at most "
          f"{settings.MAX_MODEL_FLOPS:,} are allowed (CLAAS_MAX_MODEL_FLOPS)."),
     )
     for name, value, limit, message in limits:
         if limit and value > limit:
             raise InvalidInput(message, details={name: value, "limit": limit})
-    return full
 
 
 def architecture_cost(*, architecture: str, params: dict[str, Any], where: str = "model") -> ModelCost:
@@ -176,7 +183,11 @@ def architecture_cost(*, architecture: str, params: dict[str, Any], where: str =
 
 
 def architecture_build(*, architecture: str, params: dict[str, Any]) -> nn.Module:
-    """Instantiate a model; `params` must come from architecture_params()."""
+    """Instantiate a model; `params` must come from architecture_params() or a program's registration."""
+    if architecture == PROGRAM:
+        from modelfactory.program_module import program_build
+
+        return program_build(**params)
     return ARCHITECTURES.get(architecture, "model.architecture").builder(**params)
 
 

@@ -11,7 +11,6 @@ from claas_site.errors import NotFound
 from claas_site.lazy import lazy_import
 from modelfactory.architectures import architecture_build
 from modelfactory.models import ModelVersion, RegisteredModel
-from modelfactory.weights import FORMAT_STATE_DICT, FORMAT_TORCHSCRIPT
 
 # torch loads on first use, so the web process starts without it.
 torch = lazy_import("torch")
@@ -76,25 +75,8 @@ def _state_dict_file(version: ModelVersion) -> Path:
     return path
 
 
-# Download format -> file name suffix.
-DOWNLOAD_FORMATS: dict[str, str] = {
-    FORMAT_STATE_DICT: ".pt",
-    FORMAT_TORCHSCRIPT: ".torchscript.pt",
-}
-
-
-def model_version_export_path(*, version: ModelVersion, format: str) -> Path:
-    """Where a version's download in `format` lies: the stored state_dict, or its export beside it.
-
-    Exports are named after the weights file (a fresh random name per version), so a later version
-    can never be served an earlier one's export, even where database ids are reused.
-    """
-    weights = model_version_path(version=version)
-    if format == FORMAT_STATE_DICT:
-        return weights
-    return weights.with_name(f"{weights.stem}.{format}.export")
-
-
 def model_version_files(*, version: ModelVersion) -> list[Path]:
     """Every file a version may have under the data dir (its weights and its exports): delete them all."""
-    return [model_version_export_path(version=version, format=f) for f in DOWNLOAD_FORMATS]
+    from modelfactory.exports import export_paths
+
+    return export_paths(weights=model_version_path(version=version))

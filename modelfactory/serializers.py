@@ -37,7 +37,9 @@ class JsonObjectField(serializers.Field):
 
 class RegisteredModelCreateInputSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200, help_text="Letters, digits, '_', '.' and '-'; unique per user.")
-    architecture = serializers.CharField(max_length=200, help_text="A name from /api/architectures/.")
+    architecture = serializers.CharField(max_length=200, required=False, allow_blank=True, default="",
+                                         help_text="A name from /api/architectures/; left out when `file` is a "
+                                                   "torch.export program (.pt2), which carries its own.")
     params = JsonObjectField(required=False, default=dict,
                              help_text="Architecture parameters (a JSON string in a multipart form); "
                                        "defaults are filled in.")
@@ -46,8 +48,9 @@ class RegisteredModelCreateInputSerializer(serializers.Serializer):
                                     help_text="Seed of the initial weights when no file is given.")
     file = serializers.FileField(required=False, allow_null=True,
                                  help_text="Initial weights: a state_dict saved with torch.save(model.state_dict(), "
-                                           "path); TorchScript archives are refused. Without it version 1 is a "
-                                           "fresh initialisation.")
+                                           "path), or a whole model: a torch.export program saved with "
+                                           "torch.export.save (.pt2, dynamic batch dimension). TorchScript "
+                                           "archives are refused. Without it version 1 is a fresh initialisation.")
 
 
 class ModelVersionUploadInputSerializer(serializers.Serializer):

@@ -1,13 +1,11 @@
 """Writes of the model factory: register models, add versions, mirror them into MLflow, delete."""
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
-import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,24 +20,29 @@ from django.db.models.deletion import ProtectedError
 from claas_site.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from claas_site.lazy import lazy_import
 from claas_site.quotas import quota_count_check, quota_stored_bytes_check
-from modelfactory.architectures import ARCHITECTURES, architecture_build, architecture_params, architecture_smoke_test
+from modelfactory.architectures import (
+    ARCHITECTURES,
+    PROGRAM,
+    architecture_build,
+    architecture_params,
+    architecture_smoke_test,
+    cost_check,
+)
 from modelfactory.models import ModelVersion, RegisteredModel
 from modelfactory.selectors import (
-    DOWNLOAD_FORMATS,
     mlflow_name,
-    model_version_export_path,
     model_version_files,
-    model_version_load,
     model_version_path,
     model_version_users,
     registered_model_get,
 )
+from modelfactory.programs import is_program, program_read
 from modelfactory.weights import (
     FORMAT_INIT,
+    FORMAT_PROGRAM,
     output_check,
     state_dict_bytes,
     state_dict_normalised,
-    torchscript_write,
     weights_apply,
     weights_read,
 )
@@ -125,6 +128,48 @@ def _prepare(*, architecture: str, params: dict[str, Any], file: UploadedFile | 
     return _Prepared(model, source_format)
 
 
+def _prepare_program(*, owner: Any, file: UploadedFile) -> tuple[dict[str, Any], _Prepared, Path]:
+    """Check an uploaded torch.export program, store it once under its digest, build it and prove it runs.
+
+    Nothing of the archive is unpickled, and its graph is checked operator by operator before anything
+    builds it (modelfactory/programs.py); its cost is counted on the meta device before a real pass.
+    Returns the architecture params, the prepared model and the stored file (new or shared).
+    """
+    from modelfactory.program_module import program_cost, program_path
+
+    _upload_size_check(file)
+    source = _upload_source(file)
+    archive = program_read(source=source, max_unpacked_bytes=settings.MAX_UPLOAD_BYTES)
+    cost_check(cost=program_cost(archive=archive), where="The program's layers")
+    digest = hashlib.sha256()
+    file.seek(0)
+    for chunk in file.chunks():
+        digest.update(chunk)
+    sha256 = digest.hexdigest()
+    path = program_path(sha256)
+    if not path.is_file():
+        quota_stored_bytes_check(owner=owner, adding=file.size or 0)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
+        with open(tmp, "wb") as out:
+            file.seek(0)
+            for chunk in file.chunks():
+                out.write(chunk)
+        os.replace(tmp, path)
+    params = {"program": sha256, "input_shape": archive.input_shape, "num_classes": archive.num_classes}
+    model = architecture_build(architecture=PROGRAM, params=params)
+    output_check(output=architecture_smoke_test(model=model, params=params))
+    return params, _Prepared(model, FORMAT_PROGRAM), path
+
+
+def _program_forget(*, sha256: str) -> None:
+    """Remove a stored program once no registered model uses it."""
+    from modelfactory.program_module import program_path
+
+    if not RegisteredModel.objects.filter(architecture=PROGRAM, params__program=sha256).exists():
+        _files_remove([program_path(sha256)])
+
+
 # --- files -----------------------------------------------------------------------------------
 def _weights_write(*, owner: Any, model: nn.Module) -> tuple[str, str, int]:
     """Write the normalised state_dict under a fresh name; returns (relative path, sha256, size)."""
@@ -152,40 +197,15 @@ def _files_remove(paths: list[Path]) -> None:
 
 
 # --- downloads -------------------------------------------------------------------------------
-# One export at a time per process: a request never holds more than one model being exported.
-_EXPORT_LOCK = threading.Lock()
-
-
 def model_version_export(*, version: ModelVersion, format: str) -> tuple[Path, str]:
-    """The file to send for a download in `format`, and its file name; exports are made once, then reused.
+    """The file to send for a download in `format`, and its file name (exports are made once, then reused)."""
+    from modelfactory.exports import DOWNLOAD_FORMATS, export_file
 
-    A version's weights never change, so its export is written once beside them (tmp file, then
-    os.replace) and every download streams that file: no request builds an archive in memory.
-    """
-    if format not in DOWNLOAD_FORMATS:
-        raise InvalidInput(f"format must be one of: {', '.join(DOWNLOAD_FORMATS)}.", details={"format": format[:50]})
-    filename = f"{version.model.name}-v{version.version}{DOWNLOAD_FORMATS[format]}"
-    weights = model_version_path(version=version)
-    if not weights.is_file():
-        raise NotFound(f"The weights file of '{version.model.name}' version {version.version} is missing "
-                       "from the data directory.")
-    path = model_version_export_path(version=version, format=format)
-    if path.is_file():
-        return path, filename
-    # The export counts in the owner's stored bytes like any file of theirs.
-    quota_stored_bytes_check(owner=version.model.owner, adding=version.size_bytes)
-    with _EXPORT_LOCK, open(weights, "rb") as held:
-        # Other processes export under the same lock on the weights file; the first one writes.
-        fcntl.flock(held, fcntl.LOCK_EX)
-        if not path.is_file():
-            tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
-            try:
-                model = model_version_load(version=version)
-                torchscript_write(model=model, input_shape=version.model.params["input_shape"], path=tmp)
-                os.replace(tmp, path)
-            finally:
-                _files_remove([tmp])
-    return path, filename
+    registered = version.model
+    path = export_file(weights=model_version_path(version=version), architecture=registered.architecture,
+                       params=registered.params, format=format, owner=registered.owner,
+                       what=f"'{registered.name}' version {version.version}")
+    return path, f"{registered.name}-v{version.version}{DOWNLOAD_FORMATS[format]}"
 
 
 # --- MLflow ----------------------------------------------------------------------------------
@@ -200,7 +220,8 @@ def _mirror(*, version: ModelVersion, model: nn.Module) -> str | None:
         "claas.source_format": version.source_format,
         "claas.sha256": version.sha256,
     }
-    example = torch.zeros(1, *registered.params["input_shape"]).numpy()
+    # Two rows: torch.export keeps a batch of one fixed, and logged models take any batch size.
+    example = torch.zeros(2, *registered.params["input_shape"]).numpy()
     try:
         mirrored = tracking.model_version_mirror(
             username=registered.owner.username, name=registered.name, version=version.version, model=model,
@@ -231,11 +252,22 @@ def registered_model_create(*, owner: Any, name: str, architecture: Any, params:
                             file: UploadedFile | None = None, seed: int = 0) -> Registered:
     """Register a model; version 1 holds the uploaded weights or a seeded fresh initialisation."""
     name = model_name_validate(name)
-    full_params = model_params_validate(architecture=architecture, params=params)
+    program = file is not None and is_program(_upload_source(file))
+    if program and (architecture or params):
+        raise InvalidInput("A torch.export program carries its own architecture; leave architecture and params out.",
+                           details={"architecture": str(architecture or "")[:50]})
+    if not program and not architecture:
+        raise InvalidInput("architecture is required (a name from /api/architectures/) unless file is a "
+                           "torch.export program (.pt2).", details={"architecture": "required"})
+    full_params = None if program else model_params_validate(architecture=architecture, params=params)
     if RegisteredModel.objects.filter(owner=owner, name=name).exists():
         raise Conflict(f"You already have a registered model named '{name}'.", details={"name": name})
     quota_count_check(owner=owner, kind="models")
-    prepared = _prepare(architecture=architecture, params=full_params, file=file, seed=seed)
+    if program:
+        full_params, prepared, _ = _prepare_program(owner=owner, file=file)
+        architecture = PROGRAM
+    else:
+        prepared = _prepare(architecture=architecture, params=full_params, file=file, seed=seed)
     relative, sha256, size = _weights_write(owner=owner, model=prepared.model)
     try:
         with transaction.atomic():
@@ -248,9 +280,13 @@ def registered_model_create(*, owner: Any, name: str, architecture: Any, params:
             )
     except IntegrityError:
         _files_remove([settings.DATA_DIR / relative])
+        if architecture == PROGRAM:
+            _program_forget(sha256=full_params["program"])
         raise Conflict(f"You already have a registered model named '{name}'.", details={"name": name})
     except BaseException:
         _files_remove([settings.DATA_DIR / relative])
+        if architecture == PROGRAM:
+            _program_forget(sha256=full_params["program"])
         raise
     return Registered(version, _mirror(version=version, model=prepared.model))
 
@@ -299,6 +335,9 @@ def registered_model_delete(*, owner: Any, name: str) -> None:
         except ProtectedError:
             raise Conflict(f"Registered model '{name}' came into use while it was being deleted.")
         transaction.on_commit(lambda: _files_remove(paths))
+        if registered.architecture == PROGRAM:
+            sha256 = registered.params["program"]
+            transaction.on_commit(lambda: _program_forget(sha256=sha256))
         username, model = registered.owner.username, registered.name
         transaction.on_commit(lambda: _mlflow_forget(username=username, model=model, name=registry_name,
                                                      versions=mirrored))

@@ -23,6 +23,8 @@ Source = Union[str, Path, IO[bytes]]
 FORMAT_STATE_DICT = "state_dict"
 FORMAT_TORCHSCRIPT = "torchscript"
 FORMAT_INIT = "init"
+FORMAT_PROGRAM = "program"
+FORMAT_EXPORT = "pt2"
 
 # Where an error message lists keys, it lists at most this many.
 MAX_LISTED_KEYS = 20
@@ -34,8 +36,8 @@ PICKLED_OBJECT = f"The file holds a pickled Python object, not a state_dict; {HO
 # torch names the refused class as "GLOBAL module.name" in its weights_only error.
 GLOBAL_RE = re.compile(r"\bGLOBAL ([\w.]+)")
 NOT_WEIGHTS = f"The file is not a PyTorch weights file; {HOW_TO_SAVE}."
-EXPORT_REFUSED = (f"The file is a torch.export program, which is not a weights file (loading one can unpickle its "
-                  f"parts); {HOW_TO_SAVE} instead.")
+EXPORT_REFUSED = (f"The file is a torch.export program, not a weights file: register it as a new model (POST "
+                  f"/api/models/ without architecture), or {HOW_TO_SAVE}.")
 # What torch.export.save writes beside its weights: the program's own description.
 EXPORT_MEMBER_RE = re.compile(r"^[^/]+/(archive_format|models/[^/]+\.json)$")
 TORCHSCRIPT_REFUSED = (f"The file is a TorchScript archive, a program that CLaaS never runs (loading it would run its "
@@ -227,6 +229,18 @@ def state_dict_bytes(*, state_dict: Mapping[str, torch.Tensor]) -> bytes:
     buffer = io.BytesIO()
     torch.save(dict(state_dict), buffer)
     return buffer.getvalue()
+
+
+def export_write(*, model: nn.Module, input_shape: list[int], path: Path) -> None:
+    """Write a torch.export program of the model (eval mode, any batch size) to `path`.
+
+    It loads with plain torch (`torch.export.load(path).module()`), without CLaaS on the path.
+    """
+    model.eval()
+    example = (torch.zeros(2, *input_shape),)
+    with torch.no_grad():
+        program = torch.export.export(model, example, dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, os.fspath(path))
 
 
 def torchscript_write(*, model: nn.Module, input_shape: list[int], path: Path) -> None:

@@ -120,7 +120,7 @@ def test_an_unknown_download_format_is_refused(api, register):
     register("mymodel")
     response = api.get("/api/models/mymodel/versions/1/download?format=onnx")
     assert response.status_code == 400
-    assert response.json()["error"] == "format must be one of: state_dict, torchscript."
+    assert response.json()["error"] == "format must be one of: state_dict, pt2, torchscript."
 
 
 def test_an_unknown_version_answers_404(api, register):

@@ -40,10 +40,11 @@ def body(response) -> bytes:
 
 
 def test_a_torchscript_download_is_exported_once_and_streamed_from_a_file(api, wide):
-    from modelfactory.selectors import model_version_export_path
+    from modelfactory.exports import export_path
+    from modelfactory.selectors import model_version_path
 
     first = body(api.get(TORCHSCRIPT))
-    export = model_version_export_path(version=ModelVersion.objects.get(), format="torchscript")
+    export = export_path(weights=model_version_path(version=ModelVersion.objects.get()), format="torchscript")
     assert export.read_bytes() == first
     written = export.stat().st_mtime_ns
 
@@ -73,6 +74,7 @@ def test_exports_lie_in_the_owners_model_folder_and_are_listed_for_deletion(api,
     from modelfactory.selectors import model_version_files
 
     body(api.get(TORCHSCRIPT))
+    body(api.get(TORCHSCRIPT.replace("torchscript", "pt2")))
     version = ModelVersion.objects.get()
     files = model_version_files(version=version)
     owned = data_dir / "files" / "models" / str(version.model.owner_id)

@@ -253,5 +253,5 @@ def test_a_torch_export_program_is_refused_and_never_loaded(tmp_path: Path, monk
     monkeypatch.setattr(torch.export, "load", never)
     monkeypatch.setattr(torch.jit, "load", never)
     error = refusal(io.BytesIO(path.read_bytes()))
-    assert error.message.startswith("The file is a torch.export program, which is not a weights file")
+    assert error.message.startswith("The file is a torch.export program, not a weights file")
     assert "torch.save(model.state_dict(), path)" in error.message
