@@ -60,7 +60,8 @@ def _shown(name: str) -> str:
 
 
 def _is_array_name(name: str) -> bool:
-    return name.endswith(".npy") or name in ("x", "y")
+    """A member numpy.savez writes: at the top of the archive, never inside a folder."""
+    return "/" not in name and (name.endswith(".npy") or name in ("x", "y"))
 
 
 def zip_is_image_folder(raw: bytes) -> bool:

@@ -7,6 +7,7 @@ import struct
 import time
 import tracemalloc
 import zipfile
+import zlib
 from pathlib import Path
 from unittest import mock
 
@@ -140,6 +141,43 @@ def test_a_zip_bomb_is_refused_from_its_directory_without_expanding_it(api, user
     error = refused(response, files)
     assert error.startswith("Image 'pets/eel/bomb.png' would expand from ")
     assert error.endswith(f" to {200 * MB} bytes, more than 100 times; the zip is refused unread.")
+
+
+def understating_zip(members: dict[str, bytes], hidden: int) -> bytes:
+    """Members whose directory declares their own bytes (size and CRC) while each deflated stream goes on
+    with `hidden` zero bytes."""
+    body, directory = b"", b""
+    for name, content in members.items():
+        compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+        data = compressor.compress(content) + b"".join(compressor.compress(bytes(MB)) for _ in range(hidden // MB))
+        data += compressor.flush()
+        crc, encoded = zlib.crc32(content), name.encode()
+        directory += struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 8, 0, 0, crc, len(data), len(content),
+                                 len(encoded), 0, 0, 0, 0, 0, len(body)) + encoded
+        body += struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 8, 0, 0, crc, len(data), len(content), len(encoded), 0)
+        body += encoded + data
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(members), len(members), len(directory), len(body), 0)
+    return body + directory + end
+
+
+def test_a_directory_that_understates_a_member_never_lets_more_than_it_declares_be_inflated(api, user, files):
+    content = understating_zip(three_classes(per_class=2), hidden=50 * MB)  # 300 MB behind 6 tiny images
+    assert len(content) < MB
+    tracemalloc.start()
+    try:
+        response = upload(api, content)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert response.status_code == 201, response.content
+    assert response.json()["n_samples"] == 6 and peak < 20 * MB, peak  # what the directory declares
+
+
+def test_an_array_inside_a_class_folder_is_a_stray_file_not_an_npz(api, user, files):
+    members = three_classes(per_class=1)
+    members["pets/cat/x.npy"] = b"\x93NUMPY"
+    error = refused(upload(api, folder_zip(members)), files)
+    assert error == "The zip holds 'pets/cat/x.npy', which is not a .png, .jpg or .jpeg image; remove it."
 
 
 def test_images_that_expand_past_the_upload_limit_together_are_refused_unread(api, user, files):
