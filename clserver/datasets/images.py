@@ -64,6 +64,10 @@ def _is_array_name(name: str) -> bool:
     return "/" not in name and (name.endswith(".npy") or name in ("x", "y"))
 
 
+def _parts(name: str) -> list[str]:
+    return [p for p in name.split("/") if p not in ("", ".")]
+
+
 def zip_is_image_folder(raw: bytes) -> bool:
     """True for a zip to read as images; False for an NPZ (a member is an array) or a zip no reader can open.
 
@@ -88,7 +92,7 @@ def _image_members(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
     members, declared = [], 0
     for info in archive.infolist():
         name = info.filename
-        parts = [p for p in name.split("/") if p]
+        parts = _parts(name)
         if name.startswith(("/", "\\")) or ".." in parts or (len(name) > 1 and name[1] == ":"):
             raise InvalidInput(f"The zip holds '{_shown(name)}', a path outside its own folders; "
                                "store relative paths only.")
@@ -120,7 +124,7 @@ def _classes(members: list[zipfile.ZipInfo]) -> tuple[list[str], list[tuple[zipf
     """Class folders as ImageFolder finds them: sorted names, below at most one common top folder."""
     if not members:
         raise InvalidInput("The zip holds no .png, .jpg or .jpeg images.")
-    parts = [[p for p in info.filename.split("/") if p] for info in members]
+    parts = [_parts(info.filename) for info in members]
     if len({p[0] for p in parts}) == 1 and any(len(p) >= 3 for p in parts):  # one common top folder
         parts = [p[1:] for p in parts]
     for info, p in zip(members, parts):

@@ -70,16 +70,17 @@ def refused(response, files: Path, status: int = 400) -> str:
 
 def test_an_image_folder_zip_trains_an_experiment_to_completion(transactional_db, api, user, settings):
     members = three_classes(root="")
-    members.update({"__MACOSX/cat/._0.png": b"\0\5\26\7", "cat/.DS_Store": b"\0", "dog/": b""})
+    members.update({"__MACOSX/cat/._0.png": b"\0\5\26\7", "cat/.DS_Store": b"\0", "dog/": b"",
+                    "./eel/./late.png": members["eel/0.png"]})
     response = upload(api, folder_zip(members))
     assert response.status_code == 201, response.content
     body = response.json()
-    assert (body["original_format"], body["n_samples"], body["n_features"], body["classes"]) == ("images", 24, 192,
+    assert (body["original_format"], body["n_samples"], body["n_features"], body["classes"]) == ("images", 25, 192,
                                                                                               [0, 1, 2])
     with np.load(settings.DATA_DIR / Dataset.objects.get().file) as stored:
         assert list(stored["class_names"]) == ["cat", "dog", "eel"] and list(stored["input_shape"]) == [3, 8, 8]
         x, y = stored["x"], stored["y"]
-    assert x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1 and list(y) == [0] * 8 + [1] * 8 + [2] * 8
+    assert x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1 and list(y) == [0] * 8 + [1] * 8 + [2] * 9
     red = x[0].reshape(3, 8, 8)[0]  # channels first: the cat's red plane
     assert abs(red.mean() - (200 + 9.5) / 255) < 0.05
 
