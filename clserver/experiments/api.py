@@ -29,7 +29,9 @@ class ExperimentSetupApi(APIView):
     @extend_schema(summary="Set up an experiment with its options.", request=ExperimentSetupInputSerializer,
                    responses={201: ExperimentOutputSerializer, **ERRORS})
     def post(self, request: Request) -> Response:
-        raw, overwrite = overwrite_pop(raw=request.data)
+        serializer = ExperimentSetupInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        raw, overwrite = overwrite_pop(raw=serializer.validated_data)
         experiment = services.experiment_setup(owner=request.user, raw=raw, overwrite=overwrite)
         return Response(ExperimentOutputSerializer(experiment).data, status=status.HTTP_201_CREATED)
 
@@ -40,7 +42,7 @@ class ExperimentExecApi(APIView):
     def post(self, request: Request, username: str, exp_name: str) -> Response:
         selectors.path_user_check(user=request.user, username=username)
         experiment = services.experiment_execute(owner=request.user, name=exp_name)
-        return Response(selectors.experiment_status(experiment=experiment), status=status.HTTP_202_ACCEPTED)
+        return Response(ExperimentStatusSerializer(experiment).data, status=status.HTTP_202_ACCEPTED)
 
 
 class ExperimentResultsApi(APIView):
@@ -49,7 +51,7 @@ class ExperimentResultsApi(APIView):
     def get(self, request: Request, username: str, exp_name: str) -> Response:
         selectors.path_user_check(user=request.user, username=username)
         experiment = selectors.experiment_get(owner=request.user, name=exp_name)
-        return Response(selectors.experiment_results(experiment=experiment))
+        return Response(ExperimentResultsSerializer(selectors.experiment_results(experiment=experiment)).data)
 
 
 class ExperimentStatusApi(APIView):
@@ -57,7 +59,7 @@ class ExperimentStatusApi(APIView):
     def get(self, request: Request, username: str, exp_name: str) -> Response:
         selectors.path_user_check(user=request.user, username=username)
         experiment = selectors.experiment_get(owner=request.user, name=exp_name)
-        return Response(selectors.experiment_status(experiment=experiment))
+        return Response(ExperimentStatusSerializer(experiment).data)
 
 
 # --- experiments as a resource -------------------------------------------------------------
@@ -85,7 +87,7 @@ class ExperimentCancelApi(APIView):
                    request=None, responses={202: ExperimentStatusSerializer, **ERRORS})
     def post(self, request: Request, exp_name: str) -> Response:
         experiment = services.experiment_cancel(owner=request.user, name=exp_name)
-        return Response(selectors.experiment_status(experiment=experiment), status=status.HTTP_202_ACCEPTED)
+        return Response(ExperimentStatusSerializer(experiment).data, status=status.HTTP_202_ACCEPTED)
 
 
 class ExperimentEventsApi(APIView):

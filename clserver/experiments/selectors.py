@@ -53,24 +53,6 @@ def experiment_events(*, experiment: Experiment, after: int = 0, limit: int = 10
     return experiment.events.filter(id__gt=after).order_by("id")[:limit]
 
 
-def experiment_status(*, experiment: Experiment) -> dict[str, Any]:
-    n_exp = experiment.options.get("benchmark", {}).get("n_experiences")
-    epochs = experiment.options.get("training", {}).get("epochs")
-    return {
-        "exp_name": experiment.name,
-        "status": experiment.status,
-        "progress": round(experiment.progress, 4),
-        "experience": experiment.experience,
-        "epoch": experiment.epoch,
-        "n_experiences": n_exp,
-        "epochs": epochs,
-        "attempts": experiment.attempts,
-        "error": text_paths_hidden(experiment.error) or None,
-        "started_at": experiment.started_at,
-        "finished_at": experiment.finished_at,
-    }
-
-
 def experiment_results(*, experiment: Experiment) -> dict[str, Any]:
     """The results document: stored results, with the current status (partial while running)."""
     body = {

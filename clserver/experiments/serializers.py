@@ -1,14 +1,20 @@
-"""Input and output serializers of the CL server API (shapes for the OpenAPI schema).
+"""Input and output serializers of the CL server API.
 
-The setup body is validated by options.options_validate; its serializer here is generated from
-the same Params and registries, so the schema documents exactly what is checked.
+A request body's values are validated by the services (options.options_validate and the Params
+and registries), which answer one sentence naming the field; the input serializers check the body
+as a whole (BodyInputSerializer) and are generated from those same declarations, so the schema
+documents exactly what is checked.
 """
 from __future__ import annotations
 
 import json
+from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.fields import empty
 
+from claas_site.errors import InvalidInput
 from claas_site.serializers import param_field, params_serializer, registry_serializer
 from clserver.experiments.options import (
     DEFAULT_BENCHMARK,
@@ -19,10 +25,29 @@ from clserver.experiments.options import (
     OVERWRITE,
     TRAINING_PARAMS,
 )
+from clserver.experiments.selectors import text_paths_hidden
 from clserver.models import NAME_MAX_LENGTH, Experiment, JobStatus
 from clserver.training.benchmarks import BENCHMARKS
 from clserver.training.strategies import OPTIMIZERS, STRATEGIES
 from modelfactory.architectures import ARCHITECTURES
+
+
+# A request body checked as a whole: a JSON object, with only the declared keys when
+# `unknown_key_sentence` is set. Its values are the service's to check (one sentence naming the
+# field, and no per-value pass over a 10,000-row batch), so `validated_data` is the body itself.
+# (A comment, not a docstring: the schema would show a docstring on every request body.)
+class BodyInputSerializer(serializers.Serializer):
+    # "... '{key}' ..." names the first unknown key (sorted); None leaves unknown keys to the service.
+    unknown_key_sentence: str | None = None
+
+    def run_validation(self, data: Any = empty) -> Any:
+        if not isinstance(data, dict):
+            raise InvalidInput("The request body must be a JSON object.")
+        if self.unknown_key_sentence is not None:
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise InvalidInput(self.unknown_key_sentence.format(key=unknown[0]))
+        return data
 
 
 class ModelOptionSerializer(serializers.Serializer):
@@ -47,7 +72,7 @@ def _default(value: dict) -> str:
     return f"Default: {json.dumps(value)}."
 
 
-class ExperimentSetupInputSerializer(serializers.Serializer):
+class ExperimentSetupInputSerializer(BodyInputSerializer):
     exp_name = serializers.RegexField(NAME_RE.pattern, max_length=NAME_MAX_LENGTH)
     model = ModelOptionSerializer(required=False, allow_null=True, help_text=_default(DEFAULT_MODEL))
     benchmark = registry_serializer(registry=BENCHMARKS, component="BenchmarkOption", required=False,
@@ -86,30 +111,44 @@ class ExperimentOutputSerializer(serializers.ModelSerializer):
 
 
 class ExperimentStatusSerializer(serializers.Serializer):
-    exp_name = serializers.CharField()
+    exp_name = serializers.CharField(source="name")
     status = serializers.ChoiceField(choices=JobStatus.choices)
-    progress = serializers.FloatField()
-    experience = serializers.IntegerField()
-    epoch = serializers.IntegerField()
-    n_experiences = serializers.IntegerField(allow_null=True)
-    epochs = serializers.IntegerField(allow_null=True)
+    progress = serializers.SerializerMethodField()
+    experience = serializers.IntegerField(help_text="Experience being trained (0-based).")
+    epoch = serializers.IntegerField(help_text="Epochs finished in the current experience.")
+    n_experiences = serializers.IntegerField(source="options.benchmark.n_experiences", allow_null=True)
+    epochs = serializers.IntegerField(source="options.training.epochs", allow_null=True)
     attempts = serializers.IntegerField()
-    error = serializers.CharField(allow_null=True)
+    error = serializers.SerializerMethodField()
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
 
+    def get_progress(self, experiment: Experiment) -> float:
+        return round(experiment.progress, 4)
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_error(self, experiment: Experiment) -> str | None:
+        return text_paths_hidden(experiment.error) or None
+
 
 class ExperimentResultsSerializer(serializers.Serializer):
+    """The results: the keys below, and any other key the stored results hold (e.g. mlflow_models),
+    in the stored order."""
+
     exp_name = serializers.CharField()
     status = serializers.ChoiceField(choices=JobStatus.choices)
-    progress = serializers.FloatField()
-    config = serializers.DictField()
+    config = serializers.DictField(help_text="The experiment's options.")
     metrics = serializers.DictField()
     experiences = serializers.ListField(child=serializers.DictField())
     cost = serializers.DictField()
     model = serializers.DictField(allow_null=True)
     mlflow = serializers.DictField(allow_null=True)
+    progress = serializers.FloatField()
     error = serializers.CharField(required=False)
+
+    def to_representation(self, document: dict[str, Any]) -> dict[str, Any]:
+        declared = super().to_representation(document)
+        return {key: declared[key] if key in declared else value for key, value in document.items()}
 
 
 class EventSerializer(serializers.Serializer):
