@@ -9,12 +9,15 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.serializers import Serializer
 from rest_framework.views import APIView
 
-from claas_site.errors import InvalidInput, PayloadTooLarge
+from claas_site.errors import PayloadTooLarge
 from clserver.deployments.ingest import deployment_ingest
-from clserver.deployments.renderers import deployment_detail, deployment_summary, update_as_dict
+from clserver.deployments.outputs import (
+    DeploymentDetailSerializer,
+    DeploymentSummarySerializer,
+    DeploymentUpdateSerializer,
+)
 from clserver.deployments.selectors import deployment_events, deployment_get, deployment_list
 from clserver.deployments.services import (
     deployment_create,
@@ -26,18 +29,16 @@ from clserver.deployments.services import (
 )
 from clserver.deployments.serializers import (
     DeploymentCreateInputSerializer,
-    DeploymentDetailSerializer,
-    DeploymentSummarySerializer,
     DetectorSerializer,
     IngestInputSerializer,
     IngestOutputSerializer,
     PredictInputSerializer,
     PredictOutputSerializer,
     RollbackInputSerializer,
-    UpdateRefSerializer,
     UpdateRequestInputSerializer,
 )
 from clserver.drift.detectors import detector_list
+from clserver.experiments.serializers import BodyInputSerializer
 
 ERRORS = {code: OpenApiResponse(description="{\"error\": \"...\", \"details\": {...}}")
           for code in (400, 401, 403, 404, 409, 413)}
@@ -45,8 +46,8 @@ ERRORS = {code: OpenApiResponse(description="{\"error\": \"...\", \"details\": {
 MAX_BODY_BYTES = settings.MAX_DEPLOYMENT_BODY_BYTES
 
 
-def _body(request: Request) -> dict[str, Any]:
-    """The JSON body as a dict; a too-large body is a 413 with one sentence."""
+def _validated(request: Request, serializer_class: type[BodyInputSerializer]) -> dict[str, Any]:
+    """The body as its input serializer validates it; a too-large body is a 413 with one sentence."""
     try:
         length = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
@@ -58,14 +59,9 @@ def _body(request: Request) -> dict[str, Any]:
         body = request.data
     except RequestDataTooBig:
         raise PayloadTooLarge("The request body is too large; send fewer rows per request.") from None
-    if not isinstance(body, dict):
-        raise InvalidInput("The request body must be a JSON object.")
-    return body
-
-
-def _unknown_keys(body: dict[str, Any], serializer: type[Serializer]) -> list[str]:
-    """The body's keys its request serializer does not declare, sorted."""
-    return sorted(set(body) - set(serializer().fields))
+    serializer = serializer_class(data=body)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
 
 
 class DetectorListApi(APIView):
@@ -78,14 +74,14 @@ class DetectorListApi(APIView):
 class DeploymentListApi(APIView):
     @extend_schema(summary="Your deployments.", responses={200: DeploymentSummarySerializer(many=True)})
     def get(self, request: Request) -> Response:
-        return Response([deployment_summary(deployment=d) for d in deployment_list(owner=request.user)])
+        return Response(DeploymentSummarySerializer(deployment_list(owner=request.user), many=True).data)
 
     @extend_schema(summary="Deploy the final model of a completed experiment, or a registered model version "
                    "(then `source.reference` names a dataset for the reference sample, validation set and memory).",
                    request=DeploymentCreateInputSerializer, responses={201: DeploymentDetailSerializer, **ERRORS})
     def post(self, request: Request) -> Response:
-        deployment = deployment_create(owner=request.user, raw=_body(request))
-        return Response(deployment_detail(deployment=deployment), status=status.HTTP_201_CREATED)
+        deployment = deployment_create(owner=request.user, raw=_validated(request, DeploymentCreateInputSerializer))
+        return Response(DeploymentDetailSerializer(deployment).data, status=status.HTTP_201_CREATED)
 
 
 class DeploymentDetailApi(APIView):
@@ -93,7 +89,7 @@ class DeploymentDetailApi(APIView):
                    responses={200: DeploymentDetailSerializer, **ERRORS})
     def get(self, request: Request, name: str) -> Response:
         deployment = deployment_get(owner=request.user, name=name)
-        return Response(deployment_detail(deployment=deployment))
+        return Response(DeploymentDetailSerializer(deployment).data)
 
     @extend_schema(summary="Delete a deployment that is not updating (MLflow keeps its history).",
                    responses={204: None, **ERRORS})
@@ -107,11 +103,9 @@ class DeploymentPredictApi(APIView):
                    request=PredictInputSerializer, responses={200: PredictOutputSerializer, **ERRORS})
     def post(self, request: Request, name: str) -> Response:
         deployment = deployment_get(owner=request.user, name=name)
-        body = _body(request)
-        unknown = _unknown_keys(body, PredictInputSerializer)
-        if unknown:
-            raise InvalidInput(f"Unknown key '{unknown[0]}'; predict takes only inputs.")
-        return Response(deployment_predict(deployment=deployment, inputs=body.get("inputs")))
+        body = _validated(request, PredictInputSerializer)
+        return Response(PredictOutputSerializer(deployment_predict(deployment=deployment,
+                                                                   inputs=body.get("inputs"))).data)
 
 
 class DeploymentIngestApi(APIView):
@@ -120,32 +114,30 @@ class DeploymentIngestApi(APIView):
                    request=IngestInputSerializer, responses={200: IngestOutputSerializer, **ERRORS})
     def post(self, request: Request, name: str) -> Response:
         deployment = deployment_get(owner=request.user, name=name)
-        body = _body(request)
-        unknown = _unknown_keys(body, IngestInputSerializer)
-        if unknown:
-            raise InvalidInput(f"Unknown key '{unknown[0]}'; ingest takes inputs and labels.")
-        return Response(deployment_ingest(deployment=deployment, inputs=body.get("inputs"),
-                                          labels=body.get("labels")))
+        body = _validated(request, IngestInputSerializer)
+        return Response(IngestOutputSerializer(deployment_ingest(deployment=deployment, inputs=body.get("inputs"),
+                                                                 labels=body.get("labels"))).data)
 
 
 class DeploymentUpdateApi(APIView):
     @extend_schema(summary="Start an update now on the buffered data (optionally with another strategy or "
                    "training options for this update).",
-                   request=UpdateRequestInputSerializer, responses={202: UpdateRefSerializer, **ERRORS})
+                   request=UpdateRequestInputSerializer, responses={202: DeploymentUpdateSerializer, **ERRORS})
     def post(self, request: Request, name: str) -> Response:
         deployment = deployment_get(owner=request.user, name=name)
-        update = deployment_update_request(deployment=deployment, raw=dict(_body(request)))
-        return Response(update_as_dict(update), status=status.HTTP_202_ACCEPTED)
+        update = deployment_update_request(deployment=deployment,
+                                           raw=dict(_validated(request, UpdateRequestInputSerializer)))
+        return Response(DeploymentUpdateSerializer(update).data, status=status.HTTP_202_ACCEPTED)
 
 
 class DeploymentUpdateCancelApi(APIView):
     @extend_schema(summary="Cancel a queued or running update, named by its `id` (its number within the "
                    "deployment); its data goes back to the buffer.", request=None,
-                   responses={202: UpdateRefSerializer, **ERRORS})
+                   responses={202: DeploymentUpdateSerializer, **ERRORS})
     def post(self, request: Request, name: str, update_id: int) -> Response:
         deployment = deployment_get(owner=request.user, name=name)
         update = deployment_update_cancel(deployment=deployment, update_id=update_id)
-        return Response(update_as_dict(update), status=status.HTTP_202_ACCEPTED)
+        return Response(DeploymentUpdateSerializer(update).data, status=status.HTTP_202_ACCEPTED)
 
 
 class DeploymentRollbackApi(APIView):
@@ -153,9 +145,9 @@ class DeploymentRollbackApi(APIView):
                    request=RollbackInputSerializer, responses={200: DeploymentDetailSerializer, **ERRORS})
     def post(self, request: Request, name: str) -> Response:
         deployment = deployment_get(owner=request.user, name=name)
-        body = _body(request)
+        body = _validated(request, RollbackInputSerializer)
         deployment = deployment_rollback(deployment=deployment, version=body.get("version"))
-        return Response(deployment_detail(deployment=deployment))
+        return Response(DeploymentDetailSerializer(deployment).data)
 
 
 class DeploymentEventsApi(APIView):

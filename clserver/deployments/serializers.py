@@ -1,4 +1,5 @@
-"""Input and output shapes of the deployment API (for the OpenAPI schema).
+"""Input shapes of the deployment API, and the output shapes of predict and ingest (the deployment,
+its checks, versions and updates are rendered by outputs.py).
 
 Inputs are checked by the services (Params, registries and numpy), so that a 10,000-row batch is
 not validated value by value and every error is one sentence naming the field; the option
@@ -13,7 +14,7 @@ from claas_site.serializers import params_serializer, registry_serializer
 from clserver.deployments.options import UPDATE_EXCLUDED, UPDATE_PARAMS
 from clserver.drift.detectors import DETECTORS, PREPROCESSORS
 from clserver.experiments.options import NAME_RE, TRAINING_PARAMS
-from clserver.experiments.serializers import TrainingOptionSerializer
+from clserver.experiments.serializers import BodyInputSerializer, TrainingOptionSerializer
 from clserver.models import NAME_MAX_LENGTH
 from clserver.training.strategies import OPTIMIZERS, STRATEGIES
 
@@ -60,7 +61,7 @@ TrainingOverrideSerializer = params_serializer(
     help="Training options laid over the deployment's (those left out keep the deployment's values).")
 
 
-class DeploymentCreateInputSerializer(serializers.Serializer):
+class DeploymentCreateInputSerializer(BodyInputSerializer):
     name = serializers.RegexField(NAME_RE.pattern, max_length=NAME_MAX_LENGTH)
     source = DeploymentSourceSerializer()
     detector = registry_serializer(registry=DETECTORS, component="DetectorOption", fields={"preprocess": _preprocess()},
@@ -69,7 +70,9 @@ class DeploymentCreateInputSerializer(serializers.Serializer):
     update = DeploymentUpdateOptionsSerializer(required=False, allow_null=True)
 
 
-class PredictInputSerializer(serializers.Serializer):
+class PredictInputSerializer(BodyInputSerializer):
+    unknown_key_sentence = "Unknown key '{key}'; predict takes only inputs."
+
     inputs = serializers.ListField(help_text="Rows of numbers, each with the model's input size "
                                    f"(at most {settings.MAX_BATCH_ROWS:,} rows).")
 
@@ -79,7 +82,9 @@ class PredictOutputSerializer(serializers.Serializer):
     model_version = serializers.IntegerField()
 
 
-class IngestInputSerializer(serializers.Serializer):
+class IngestInputSerializer(BodyInputSerializer):
+    unknown_key_sentence = "Unknown key '{key}'; ingest takes inputs and labels."
+
     inputs = serializers.ListField(help_text="Rows of numbers, each with the model's input size "
                                    f"(at most {settings.MAX_BATCH_ROWS:,} rows).")
     labels = serializers.ListField(child=serializers.IntegerField(), help_text="One class label per row.")
@@ -107,38 +112,10 @@ class IngestOutputSerializer(serializers.Serializer):
     trigger = serializers.CharField(help_text="Why an update did or did not start.")
 
 
-class UpdateRequestInputSerializer(serializers.Serializer):
+class UpdateRequestInputSerializer(BodyInputSerializer):
     strategy = _update_strategy()
     training = TrainingOverrideSerializer(required=False)
 
 
-class RollbackInputSerializer(serializers.Serializer):
+class RollbackInputSerializer(BodyInputSerializer):
     version = serializers.IntegerField(min_value=1)
-
-
-class DeploymentSummarySerializer(serializers.Serializer):
-    name = serializers.CharField()
-    source = serializers.DictField()
-    champion_version = serializers.IntegerField()
-    detector = serializers.DictField()
-    update = serializers.DictField()
-    n_drift_checks = serializers.IntegerField()
-    last_drift_check = serializers.DictField(allow_null=True)
-    n_updates = serializers.IntegerField()
-    samples_seen = serializers.IntegerField()
-    created_at = serializers.DateTimeField()
-
-
-class DeploymentDetailSerializer(DeploymentSummarySerializer):
-    username = serializers.CharField()
-    champion = serializers.DictField(allow_null=True)
-    buffered_samples = serializers.IntegerField()
-    drift_pending = serializers.BooleanField()
-    source_train_samples = serializers.IntegerField()
-    drift_checks = serializers.ListField(child=serializers.DictField(), help_text="The latest 200 checks, oldest first.")
-    versions = serializers.ListField(child=serializers.DictField())
-    updates = serializers.ListField(child=serializers.DictField(),
-                                    help_text="Each with status, reason, metrics (champion/candidate accuracy) and "
-                                    "cost (samples processed vs. retraining from scratch).")
-    mlflow = serializers.DictField()
-    urls = serializers.DictField()
