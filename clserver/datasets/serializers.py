@@ -24,7 +24,7 @@ class DatasetUploadInputSerializer(serializers.Serializer):
         "One of: NPZ with arrays x and y; CSV with a header and a label column; Parquet with numeric columns and "
         "a label column; a zip of .png/.jpg/.jpeg images in class folders (<class>/<image>, optionally below "
         "one common folder; classes are numbered in sorted folder-name order). The format is told from the "
-        "file's content: a zip holding .npy members is an NPZ, any other zip is read as images."))
+        "file's content: a zip with .npy members at its top is an NPZ, any other zip is read as images."))
     label_column = serializers.CharField(required=False, default="label",
                                          help_text="CSV and Parquet: the column holding the integer class label.")
     image_mode = serializers.ChoiceField(
