@@ -4,6 +4,7 @@ from django.urls import path
 from clserver.datasets import api as datasets
 from clserver.experiments import api
 from clserver.deployments import api as dep
+from clserver.deployments.downloads import DeploymentVersionDownloadApi
 from clserver.training import api as training
 
 urlpatterns = [
@@ -25,6 +26,8 @@ urlpatterns = [
     path("deployments/<str:name>/update", dep.DeploymentUpdateApi.as_view(), name="deployment-update"),
     path("deployments/<str:name>/updates/<int:update_id>/cancel", dep.DeploymentUpdateCancelApi.as_view(),
          name="deployment-update-cancel"),
+    path("deployments/<str:name>/versions/<int:version>/download", DeploymentVersionDownloadApi.as_view(),
+         name="deployment-version-download"),
     path("deployments/<str:name>/rollback", dep.DeploymentRollbackApi.as_view(), name="deployment-rollback"),
     path("deployments/<str:name>/events", dep.DeploymentEventsApi.as_view(), name="deployment-events"),
 ]

@@ -91,14 +91,18 @@ def random_projection(*, n_features: int, model: nn.Module | None, input_shape: 
     help="The deployed model's penultimate layer (its `features`), as it was at deployment creation.",
 )
 def penultimate(*, n_features: int, model: nn.Module | None, input_shape: list[int]) -> nn.Module:
-    features = getattr(model, "features", None)
-    if features is None:
-        raise InvalidInput("detector.preprocess 'penultimate' needs a model from the architecture zoo.")
     import copy
 
-    from clserver.drift.modules import Reshape
+    from clserver.drift.modules import Embedding, Reshape
 
-    return nn.Sequential(Reshape(input_shape), copy.deepcopy(features), nn.Flatten()).eval()
+    features = getattr(model, "features", None)
+    if features is not None:
+        return nn.Sequential(Reshape(input_shape), copy.deepcopy(features), nn.Flatten()).eval()
+    if getattr(model, "has_features", False):
+        # An uploaded program whose output is a linear layer: the graph up to that layer's input.
+        return Embedding(copy.deepcopy(model)).eval()
+    raise InvalidInput("detector.preprocess 'penultimate' needs a model with a penultimate layer: one from the "
+                       "architecture zoo, or an uploaded program whose output comes from a final linear layer.")
 
 
 # --- the detectors -----------------------------------------------------------------------------

@@ -18,6 +18,17 @@ class Reshape(nn.Module):
         return x.reshape(x.shape[0], *self.shape)
 
 
+class Embedding(nn.Module):
+    """A model's rows up to its penultimate layer, through its own `embed` (uploaded programs have one)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.embed(x)
+
+
 class DomainClassifier(nn.Module):
     """A small classifier telling reference from test inputs (for the classifier detector)."""
 

@@ -122,9 +122,9 @@ def test_cvm_online_asks_for_enough_bootstraps_for_its_run_time(digits):
                                            "features needs at least 12769")
 
 
-def test_penultimate_preprocess_needs_a_zoo_model(digits):
+def test_penultimate_preprocess_needs_a_model_with_a_penultimate_layer(digits):
     options = drift.detector_options(raw={"name": "mmd", "preprocess": {"name": "penultimate"}})
-    with pytest.raises(InvalidInput, match="needs a model from the architecture zoo"):
+    with pytest.raises(InvalidInput, match="needs a model with a penultimate layer"):
         drift.detector_fit(options=options, x_ref=digits["ref"], model=None, input_shape=[64])
 
 
