@@ -161,6 +161,11 @@ def _corrupt(name: str) -> InvalidInput:
                         details={"file": _shown(name)})
 
 
+def _too_many_pixels(name: str, count: str) -> InvalidInput:
+    return InvalidInput(f"Image '{_shown(name)}' has {count}; at most {MAX_IMAGE_PIXELS} pixels per image are "
+                        "allowed.", details={"file": _shown(name)})
+
+
 READ_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, SyntaxError, NotImplementedError,
                RuntimeError, Image.DecompressionBombError)
 
@@ -171,12 +176,13 @@ def _headers(archive: zipfile.ZipFile, labelled: list[tuple[zipfile.ZipInfo, int
         try:
             with _open(archive, info) as image:
                 header = _Header(info.filename, info, label, image.size, image.mode)
+        except Image.DecompressionBombError:  # Pillow's own bound, far above ours, met in the header
+            raise _too_many_pixels(info.filename, f"more than {2 * Image.MAX_IMAGE_PIXELS} pixels")
         except READ_ERRORS:
             raise _corrupt(info.filename)
         width, height = header.size
         if width * height > MAX_IMAGE_PIXELS:
-            raise InvalidInput(f"Image '{_shown(header.name)}' is {width}x{height} pixels; at most "
-                               f"{MAX_IMAGE_PIXELS} pixels per image are allowed.")
+            raise _too_many_pixels(header.name, f"{width * height} pixels ({height}x{width}, height x width)")
         pixels += width * height
         if pixels > MAX_DECODED_PIXELS:
             raise InvalidInput(f"The images hold more than {MAX_DECODED_PIXELS} pixels together; "
