@@ -24,6 +24,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 PILLOW_FORMATS = ("PNG", "JPEG")  # never Pillow's other plugins (EPS alone would run Ghostscript)
 IMAGE_MODES = {"L": 1, "RGB": 3}
 GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}  # how Pillow opens 16-bit grayscale PNGs
 IGNORED_NAMES = {"__MACOSX", "Thumbs.db", "desktop.ini"}  # with every name starting with a dot
 MAX_ZIP_MEMBERS = 100_000
 ZIP_DIRECTORY_LIMIT = 16 * 1024 * 1024
@@ -224,7 +225,11 @@ def _decode(archive: zipfile.ZipFile, header: _Header, mode: str, height: int, w
         with _open(archive, header.info) as image:
             if image.format == "JPEG":
                 image.draft(mode, (width, height))  # decode a large JPEG at a reduced scale
-            converted = image.convert(mode)
+            if image.mode in SIXTEEN_BIT_MODES:  # Pillow's convert would clip 0..65535 at 255, not scale it
+                wide = np.asarray(image, dtype=np.int64).clip(0, 65535) >> 8
+                converted = Image.fromarray(wide.astype(np.uint8), "L").convert(mode)
+            else:
+                converted = image.convert(mode)
         if converted.size != (width, height):
             converted = converted.resize((width, height), Image.Resampling.BILINEAR)
         pixels = np.asarray(converted, dtype=np.uint8)

@@ -105,6 +105,19 @@ def test_grayscale_images_default_to_one_channel_and_resize_on_request(api, user
         assert list(stored["input_shape"]) == [1, 8, 8] and stored["x"][-1].mean() > 0.8  # the jpg, resized
 
 
+def test_sixteen_bit_grayscale_is_scaled_not_clipped(api, user, files):
+    members = {}
+    for name, level in (("dim", 16384), ("mid", 32768)):
+        buffer = io.BytesIO()
+        Image.fromarray(np.full((4, 4), level, dtype=np.uint16)).save(buffer, "PNG")
+        members[f"{name}/0.png"] = members[f"{name}/1.png"] = buffer.getvalue()
+    response = upload(api, folder_zip(members))
+    assert response.status_code == 201, response.content
+    with np.load(files / Dataset.objects.get().file) as stored:
+        assert list(stored["input_shape"]) == [1, 4, 4]
+        assert np.allclose(stored["x"][:, 0], [64 / 255] * 2 + [128 / 255] * 2)
+
+
 def test_images_of_different_sizes_need_an_image_size(api, user, files):
     members = three_classes(per_class=2)
     members["pets/dog/wide.png"] = png(COLOURS["dog"], size=(10, 8))
