@@ -30,17 +30,17 @@ try:
     sys.exit("CLaaS is importable")
 except ImportError:
     pass
-path, uri, tracking, rows = sys.argv[1:5]
+path, tracking, rows, *uris = sys.argv[1:]
 x = torch.tensor(np.load(rows), dtype=torch.float32)
-model = torch.export.load(path).module()
-plain = model(x).argmax(1).tolist()
+out = {"torch": torch.export.load(path).module()(x).argmax(1).tolist()}
 import mlflow
 mlflow.set_tracking_uri(tracking)
 mlflow.set_registry_uri(tracking)
-scores = mlflow.pyfunc.load_model(uri).predict(x.numpy())
-loaded = mlflow.pytorch.load_model(uri)
-print(json.dumps({"torch": plain, "pyfunc": np.asarray(scores).argmax(1).tolist(),
-                  "pytorch": loaded(x).argmax(1).tolist()}))
+for uri in uris:
+    scores = mlflow.pyfunc.load_model(uri).predict(x.numpy())
+    out[uri] = {"pyfunc": np.asarray(scores).argmax(1).tolist(),
+                "pytorch": mlflow.pytorch.load_model(uri)(x).argmax(1).tolist()}
+print(json.dumps(out))
 """
 
 
@@ -100,8 +100,19 @@ def lifecycle(service, pat, tmp_path_factory) -> dict[str, Any]:
     download = pat.get("/api/deployments/own/versions/2/download?format=pt2")
     assert download.status_code == 200, download.text[:300]
     (folder / "own-v2.pt2").write_bytes(download.content)
-    state["folder"] = folder
+    state["folder"], state["rows"] = folder, rows
     return state
+
+
+def in_the_test(client, path: str, rows: np.ndarray) -> list[int]:
+    """Classes from a state_dict download loaded into the test's own class (what CLaaS predicts with)."""
+    import io
+
+    response = client.get(path)
+    assert response.status_code == 200, response.text[:300]
+    model = ResidualNet()
+    model.load_state_dict(torch.load(io.BytesIO(response.content), weights_only=True))
+    return model.eval()(torch.tensor(rows)).argmax(1).tolist()
 
 
 def test_an_uploaded_program_trains_by_replay_as_well_as_the_zoo_model(lifecycle):
@@ -119,23 +130,29 @@ def test_the_deployed_program_flags_drift_through_its_penultimate_layer_and_is_u
     assert lifecycle["predicted"]["model_version"] == 2
 
 
-def test_version_2_loads_with_plain_torch_and_mlflow_outside_claas_and_predicts_the_same(service, lifecycle):
+def test_every_registered_version_loads_with_plain_torch_and_mlflow_outside_claas_and_predicts_the_same(
+        service, pat, lifecycle):
     folder: Path = lifecycle["folder"]
     versions = {v["version"]: v for v in lifecycle["detail"]["versions"]}
-    mlflow_version = versions[2]["mlflow_version"]
-    assert mlflow_version
-    uri = f"models:/pat.deploy.own/{mlflow_version}"
+    assert versions[2]["mlflow_version"]
+    deployed = f"models:/pat.deploy.own/{versions[2]['mlflow_version']}"
+    trained = lifecycle["program"]["model"]["mlflow_uri"]
+    registered = f"models:/pat.residual/{lifecycle['registered']['versions'][0]['mlflow_version']}"
     tracking = f"sqlite:///{service.data_dir / 'mlflow.db'}"
     env = {"PATH": "/usr/bin:/bin", "HOME": str(folder), "MLFLOW_DISABLE_TELEMETRY": "true"}
-    done = subprocess.run([sys.executable, "-I", "-c", OUTSIDE, str(folder / "own-v2.pt2"), uri, tracking,
-                           str(folder / "rows.npy")], cwd=folder, env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run([sys.executable, "-I", "-c", OUTSIDE, str(folder / "own-v2.pt2"), tracking,
+                           str(folder / "rows.npy"), deployed, trained, registered], cwd=folder, env=env,
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     outside = json.loads(done.stdout.strip().splitlines()[-1])
     claas = lifecycle["predicted"]["predictions"]
     assert outside["torch"] == claas
-    assert outside["pyfunc"] == claas
-    assert outside["pytorch"] == claas
+    assert outside[deployed] == {"pyfunc": claas, "pytorch": claas}
+    rows = lifecycle["rows"]
+    expected = in_the_test(pat, "/api/experiments/own-model/model", rows)
+    assert outside[trained] == {"pyfunc": expected, "pytorch": expected}
+    expected = in_the_test(pat, "/api/models/residual/versions/1/download", rows)
+    assert outside[registered] == {"pyfunc": expected, "pytorch": expected}
 
 
 def test_a_program_version_downloads_as_state_dict_and_pt2_but_not_torchscript(pat, lifecycle):
