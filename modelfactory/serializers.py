@@ -8,6 +8,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from modelfactory.architectures import PROGRAM
 from modelfactory.models import ModelVersion, RegisteredModel
 from modelfactory.selectors import mlflow_name
 
@@ -59,20 +60,41 @@ class ModelVersionUploadInputSerializer(serializers.Serializer):
     note = serializers.CharField(required=False, allow_blank=True, default="", max_length=500)
 
 
+class DownloadSerializer(serializers.Serializer):
+    format = serializers.CharField(help_text="state_dict, pt2 or torchscript.")
+    url = serializers.CharField()
+    load = serializers.CharField(help_text="The line that loads the file in a Python with torch only.")
+
+
+def downloads(*, base: str, architecture: str) -> list[dict[str, str]]:
+    """The download formats of a set of weights, each with its URL and the line that loads it."""
+    from modelfactory.exports import LOAD_LINES, formats_for
+
+    return [{"format": f, "url": base if f == "state_dict" else f"{base}?format={f}", "load": LOAD_LINES[f]}
+            for f in formats_for(architecture=architecture)]
+
+
 class ModelVersionOutputSerializer(serializers.ModelSerializer):
     download_url = serializers.SerializerMethodField()
-    torchscript_url = serializers.SerializerMethodField()
+    torchscript_url = serializers.SerializerMethodField(help_text="Null for uploaded programs.")
+    downloads = serializers.SerializerMethodField()
 
     class Meta:
         model = ModelVersion
         fields = ["version", "source_format", "sha256", "size_bytes", "note", "created_at", "mlflow_version",
-                  "download_url", "torchscript_url"]
+                  "download_url", "torchscript_url", "downloads"]
 
     def get_download_url(self, obj: ModelVersion) -> str:
         return f"/api/models/{obj.model.name}/versions/{obj.version}/download"
 
-    def get_torchscript_url(self, obj: ModelVersion) -> str:
+    def get_torchscript_url(self, obj: ModelVersion) -> str | None:
+        if obj.model.architecture == PROGRAM:
+            return None
         return f"/api/models/{obj.model.name}/versions/{obj.version}/download?format=torchscript"
+
+    @extend_schema_field(DownloadSerializer(many=True))
+    def get_downloads(self, obj: ModelVersion) -> list[dict[str, str]]:
+        return downloads(base=self.get_download_url(obj), architecture=obj.model.architecture)
 
 
 class ModelVersionCreatedSerializer(ModelVersionOutputSerializer):

@@ -322,6 +322,32 @@ def test_register_a_model_and_upload_weights_as_a_new_version(page: Page, gina, 
     assert set(torch.load(path, weights_only=True)) == set(torch.load(weights, weights_only=True))
 
 
+def test_register_your_own_model_as_a_program_and_see_how_each_download_loads(page: Page, gina, tmp_path: Path):
+    from tests.modelfactory.programs import ResidualNet, exported
+
+    program = tmp_path / "residual.pt2"
+    program.write_bytes(exported(ResidualNet(), torch.randn(4, 64)))
+    page.goto("/models/")
+    expect(page.locator("#register-form")).to_have_attribute("data-ready", "1")
+    page.fill("#r-name", "my-residual")
+    page.select_option("#r-architecture", "")
+    expect(page.locator("#r-architecture-help")).to_contain_text("torch.export program")
+    page.set_input_files("#r-file", str(program))
+    page.click("#register-form button[type=submit]")
+    expect(page).to_have_url(re.compile(r"/models/my-residual/$"))
+    expect(page.locator("#model-architecture")).to_have_text("program")
+    row = page.locator('#versions-table tr[data-version="1"]')
+    expect(row.locator(".download")).to_have_count(2)  # state_dict and pt2: no TorchScript for a program
+    expect(row.locator('.download[data-format="pt2"] .load-line')).to_have_text(
+        "model = torch.export.load(path).module()")
+    with page.expect_download() as download_info:
+        row.get_by_role("link", name="torch.export (.pt2)").click()
+    path = tmp_path / "v1.pt2"
+    download_info.value.save_as(path)
+    loaded = torch.export.load(str(path)).module()
+    assert loaded(torch.zeros(3, 64)).shape == (3, 10)
+
+
 def test_cancel_a_running_experiment_then_delete_it(page: Page, gina):
     body = {"exp_name": "long-run", "overwrite": True, "strategy": {"name": "naive"},
             "training": {"epochs": 1000, "device": "cpu"}}

@@ -255,8 +255,17 @@
     Chart.defaults.maintainAspectRatio = false;
   }
 
+  const FORMAT_LABELS = { state_dict: "state_dict", pt2: "torch.export (.pt2)", torchscript: "TorchScript" };
+
+  /** One download button per format, each with the line that loads the file in a Python with torch only. */
+  function downloadLinks(downloads) {
+    return (downloads || []).map((d) => el("div", { class: "download", "data-format": d.format },
+      el("a", { class: "btn small", href: d.url, download: "" }, FORMAT_LABELS[d.format] || d.format), " ",
+      el("code", { class: "small load-line" }, d.load)));
+  }
+
   window.CLaaS = {
-    api, ApiError, el, badge, fmt, socket, flash, palette, heatColor, forms,
+    api, ApiError, el, badge, fmt, socket, flash, palette, heatColor, forms, downloadLinks,
     username: document.body.dataset.username,
   };
 })();

@@ -28,8 +28,7 @@
       el("td", {}, v.note || ""),
       el("td", { class: "small" }, v.mlflow_version ? `v${v.mlflow_version}` : "—"),
       el("td", { class: "subtle" }, fmt.date(v.created_at)),
-      el("td", {}, el("a", { class: "btn small", href: v.download_url, download: "" }, "state_dict"), " ",
-         el("a", { class: "btn small", href: v.torchscript_url, download: "" }, "TorchScript")))));
+      el("td", {}, ...window.CLaaS.downloadLinks(v.downloads)))));
   }
 
   async function load() {

@@ -29,8 +29,13 @@
     }
   }
 
+  // The empty choice: an uploaded torch.export program, which carries its own architecture.
+  const PROGRAM = { name: "", help: "Your own model: upload a torch.export program (.pt2) as the file below; " +
+    "input shape and classes are read from it.", params: [] };
+
   function showArchitecture() {
-    const arch = architectures.find((a) => a.name === document.getElementById("r-architecture").value);
+    const chosen = document.getElementById("r-architecture").value;
+    const arch = chosen ? architectures.find((a) => a.name === chosen) : PROGRAM;
     document.getElementById("r-architecture-help").textContent = arch.help || "";
     forms.renderParams(document.getElementById("r-params"), arch.params, "params");
   }
@@ -40,10 +45,13 @@
     forms.clearErrors(form);
     const data = new FormData();
     data.append("name", document.getElementById("r-name").value.trim());
-    data.append("architecture", document.getElementById("r-architecture").value);
-    const params = Object.fromEntries(Object.entries(forms.collectParams(document.getElementById("r-params")))
-      .filter(([, v]) => v !== null));
-    data.append("params", JSON.stringify(params));
+    const architecture = document.getElementById("r-architecture").value;
+    if (architecture) {
+      data.append("architecture", architecture);
+      const params = Object.fromEntries(Object.entries(forms.collectParams(document.getElementById("r-params")))
+        .filter(([, v]) => v !== null));
+      data.append("params", JSON.stringify(params));
+    }
     data.append("description", document.getElementById("r-description").value);
     data.append("seed", document.getElementById("r-seed").value || "0");
     const file = document.getElementById("r-file").files[0];
@@ -59,7 +67,8 @@
   async function init() {
     architectures = await api("GET", "/api/architectures/");
     const select = document.getElementById("r-architecture");
-    select.replaceChildren(...architectures.map((a) => el("option", { value: a.name }, a.name)));
+    select.replaceChildren(...architectures.map((a) => el("option", { value: a.name }, a.name)),
+      el("option", { value: "" }, "my own model (torch.export program, .pt2)"));
     select.addEventListener("change", showArchitecture);
     showArchitecture();
     form.dataset.ready = "1";
