@@ -36,6 +36,10 @@ class Param:
     choices: Sequence[Any] | None = None
     nullable: bool = False
 
+    def __post_init__(self) -> None:
+        if self.type not in PARAM_TYPES:
+            raise ValueError(f"Param {self.name!r} has type {self.type!r}; it must be one of {PARAM_TYPES}.")
+
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "type": self.type, "default": self.default,
                                "help": self.help}

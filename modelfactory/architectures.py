@@ -206,3 +206,40 @@ def architecture_smoke_test(*, model: nn.Module, params: dict[str, Any]) -> torc
             details={"output_shape": list(shape)},
         )
     return output
+
+
+# --- architectures from installed packages ------------------------------------------------------
+ENTRY_POINT_GROUP = "claas.architectures"
+
+
+def architectures_from_packages() -> list[str]:
+    """Register the architectures that installed packages declare in the `claas.architectures` group.
+
+    Each entry point names a builder, `builder(*, num_classes, input_shape, **params) -> nn.Module`, and may
+    carry `claas_params` (a list of Param fields as dicts: name, type, default, help, min, max),
+    `claas_input_shape` (default [64]) and `claas_num_classes` (default 10); its docstring's first line is
+    the help. This is operator code, trusted like CLaaS's own; tenants' own models come as uploaded programs.
+    Returns the names registered; an entry point that fails to load is logged and left out.
+    """
+    import logging
+    from importlib.metadata import entry_points
+
+    logger = logging.getLogger(__name__)
+    added = []
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        if point.name in ARCHITECTURES or point.name == PROGRAM:
+            logger.warning("architecture %s from %s is already defined; left out", point.name, point.value)
+            continue
+        try:
+            builder = point.load()
+            extra = tuple(Param(**fields) for fields in getattr(builder, "claas_params", ()))
+            common = _common(list(getattr(builder, "claas_input_shape", [64])),
+                             int(getattr(builder, "claas_num_classes", 10)))
+        except Exception:
+            logger.exception("architecture %s (%s) could not be loaded; left out", point.name, point.value)
+            continue
+        help_text = ((builder.__doc__ or "").strip().splitlines() or [f"From {point.value}."])[0]
+        package = point.dist.name if point.dist is not None else point.value.split(":")[0]
+        ARCHITECTURES.register(point.name, params=common + extra, help=help_text, package=package)(builder)
+        added.append(point.name)
+    return added
