@@ -1,9 +1,10 @@
 """Zips of images in class folders (torchvision's ImageFolder layout), read in memory with Pillow.
 
-Everything is bounded before anything is inflated: the zip directory's size and member count, then
-each member's name, kind, compression and declared size, then each image's header (its format,
-pixel count, mode and size). Only then is one image decoded. Members are never written to disk,
-so their names are only ever labels.
+Every bound is checked before a byte is inflated or a pixel decoded: the zip directory's size and
+member count, then from the directory each member's name, kind, compression, ratio and declared
+size (inflating stops at that size), then each image's header (its format, pixel count, mode and
+size). Only then is one image decoded. Members are never written to disk, so their names are only
+ever labels.
 """
 from __future__ import annotations
 
