@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 
 from claas_site.errors import InvalidInput
 from claas_site.params import Param, Registry
+from modelfactory.costs import ModelCost, cost_check
 
 if TYPE_CHECKING:
     import torch
@@ -103,15 +103,6 @@ def mobilenet_v3_small(*, num_classes: int, input_shape: list[int]) -> nn.Module
     return mobilenet_v3_small_net(_image_shape(input_shape, "mobilenet_v3_small"), num_classes)
 
 
-@dataclass(frozen=True)
-class ModelCost:
-    """What one sample costs the model, worked out on torch's meta device (shapes only, no memory)."""
-
-    parameters: int
-    activation_bytes: int
-    flops: int
-
-
 def architecture_params(*, architecture: Any, params: Any, where: str = "model") -> dict[str, Any]:
     """Validate an architecture's parameters; the result has every default filled.
 
@@ -125,24 +116,6 @@ def architecture_params(*, architecture: Any, params: Any, where: str = "model")
                            details={"input_shape": full["input_shape"]})
     cost_check(cost=architecture_cost(architecture=entry.name, params=full, where=where), where=f"{where}.params")
     return full
-
-
-def cost_check(*, cost: ModelCost, where: str) -> None:
-    """Refuse a model whose parameters, per-sample activations or FLOPs exceed the limits."""
-    limits = (
-        ("parameters", cost.parameters, settings.MAX_MODEL_PARAMETERS,
-         f"{where} describe a model of {cost.parameters:,} parameters; at most "
-         f"{settings.MAX_MODEL_PARAMETERS:,} are allowed."),
-        ("activation_bytes", cost.activation_bytes, settings.MAX_ACTIVATION_BYTES,
-         f"{where} describe a model whose activations take {cost.activation_bytes:,} bytes per sample; "
-         f"at most {settings.MAX_ACTIVATION_BYTES:,} are allowed (CLAAS_MAX_ACTIVATION_BYTES)."),
-        ("flops", cost.flops, settings.MAX_MODEL_FLOPS,
-         f"{where} describe a model of {cost.flops:,} FLOPs per sample; at most "
-         f"{settings.MAX_MODEL_FLOPS:,} are allowed (CLAAS_MAX_MODEL_FLOPS)."),
-    )
-    for name, value, limit, message in limits:
-        if limit and value > limit:
-            raise InvalidInput(message, details={name: value, "limit": limit})
 
 
 def architecture_cost(*, architecture: str, params: dict[str, Any], where: str = "model") -> ModelCost:

@@ -152,7 +152,7 @@ def program_cost(*, archive: Any) -> Any:
     from torch.utils._pytree import tree_leaves
     from torch.utils.flop_counter import FlopCounterMode
 
-    from modelfactory.architectures import ModelCost
+    from modelfactory.costs import ModelCost
 
     class Activations(TorchDispatchMode):
         total = 0

@@ -1,8 +1,9 @@
 """The operators an uploaded torch.export program may use: computation only, no I/O, no custom ops.
 
 The list is an allow-list: anything not named here is refused before the graph is built, so an operator
-that reads files (`aten::from_file`), returns uninitialised memory (`aten::empty`), writes in place into
-its inputs or reaches another library never runs on a tenant's graph.
+that reads files (`aten::from_file`), returns uninitialised memory (`aten::empty`, `aten::resize_`),
+swaps storages (`aten::set_`) or reaches another library never runs on a tenant's graph. The in-place
+form of an allowed operator (`relu_`, as `nn.ReLU(inplace=True)` exports) computes the same values.
 """
 from __future__ import annotations
 
@@ -56,6 +57,8 @@ def operator_allowed(target: str) -> bool:
     if len(parts) != 2:
         return False
     name, overload = parts
+    if name.endswith("_") and not name.startswith("_"):
+        name = name[:-1]
     return (name in ALLOWED_ATEN and OVERLOAD_RE.fullmatch(overload) is not None
             and not overload.startswith("out") and not overload.endswith("_out"))
 
@@ -63,5 +66,6 @@ def operator_allowed(target: str) -> bool:
 # Operators whose behaviour follows train()/eval(): name -> index of the flag argument.
 TRAINING_FLAG = {
     "dropout": 2, "feature_dropout": 2, "alpha_dropout": 2, "feature_alpha_dropout": 2,
+    "dropout_": 2, "feature_dropout_": 2, "alpha_dropout_": 2, "feature_alpha_dropout_": 2,
     "batch_norm": 5,
 }

@@ -26,8 +26,8 @@ from modelfactory.architectures import (
     architecture_build,
     architecture_params,
     architecture_smoke_test,
-    cost_check,
 )
+from modelfactory.costs import cost_check
 from modelfactory.models import ModelVersion, RegisteredModel
 from modelfactory.selectors import (
     mlflow_name,

@@ -159,7 +159,8 @@ def test_a_program_that_reads_a_file_in_its_forward_is_refused_before_it_runs(ap
 
 
 @pytest.mark.parametrize("target", ["torch.load", "torch.ops.aten.empty.memory_format", "torch.ops.mylib.op.default",
-                                    "torch.ops.aten.add_.Tensor", "builtins.eval"])
+                                    "torch.ops.aten.resize_.default", "torch.ops.aten.set_.source_Tensor",
+                                    "builtins.eval"])
 def test_operators_outside_the_allow_list_are_refused(api, program, data_dir, target):
     def swap(doc):
         doc["graph_module"]["graph"]["nodes"][0]["target"] = target

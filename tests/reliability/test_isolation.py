@@ -164,6 +164,7 @@ def _probes() -> list[Probe]:
             Probe("deployment-update", {"name": DEP}, "post", {}),
             Probe("deployment-update-cancel", {"name": DEP, "update_id": 0}, "post"),
             Probe("deployment-rollback", {"name": DEP}, "post", {"version": 1}),
+            Probe("deployment-version-download", {"name": DEP, "version": 1}, "get"),
             Probe("deployment-events", {"name": DEP}, "get")]
     out += [Probe("experiment-page", {"exp_name": EXP}, "get", gui=True),
             Probe("model-page", {"name": MODEL}, "get", gui=True),
