@@ -234,3 +234,10 @@ def test_deleting_the_last_model_of_a_program_removes_its_file(api, program, dat
     with django_capture_on_commit_callbacks(execute=True):
         assert api.delete("/api/models/b").status_code == 204
     assert not stored[0].exists()
+
+
+def test_the_program_reader_was_written_for_the_installed_torch():
+    # It reaches into torch's private serde: a torch upgrade must be checked by hand, not slip by.
+    from modelfactory.programs import program_torch_check
+
+    program_torch_check()
