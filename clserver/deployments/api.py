@@ -68,7 +68,7 @@ class DetectorListApi(APIView):
     @extend_schema(summary="Drift detectors with their parameters, defaults and preprocess choices.",
                    responses={200: DetectorSerializer(many=True)})
     def get(self, request: Request) -> Response:
-        return Response(detector_list())
+        return Response(DetectorSerializer(detector_list(), many=True).data)
 
 
 class DeploymentListApi(APIView):

@@ -14,15 +14,17 @@ from claas_site.serializers import params_serializer, registry_serializer
 from clserver.deployments.options import UPDATE_EXCLUDED, UPDATE_PARAMS
 from clserver.drift.detectors import DETECTORS, PREPROCESSORS
 from clserver.experiments.options import NAME_RE, TRAINING_PARAMS
-from clserver.experiments.serializers import BodyInputSerializer, TrainingOptionSerializer
+from clserver.experiments.serializers import BodyInputSerializer, InDocumentOrder, TrainingOptionSerializer
 from clserver.models import NAME_MAX_LENGTH
 from clserver.training.strategies import OPTIMIZERS, STRATEGIES
 
 
-class DetectorSerializer(serializers.Serializer):
+class DetectorSerializer(InDocumentOrder, serializers.Serializer):
     name = serializers.CharField()
     help = serializers.CharField()
-    kind = serializers.ChoiceField(choices=["batch", "online"])
+    kind = serializers.ChoiceField(choices=["batch", "online"], required=False)
+    feature_wise = serializers.BooleanField(required=False,
+                                            help_text="Present (true) when it tests each feature on its own.")
     params = serializers.ListField(child=serializers.DictField(), help_text="name, type, default, help, min, max.")
     preprocess = serializers.ListField(child=serializers.DictField(),
                                        help_text="Preprocess choices (dimension reduction before the test).")

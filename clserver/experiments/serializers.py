@@ -50,6 +50,16 @@ class BodyInputSerializer(serializers.Serializer):
         return data
 
 
+# Renders a document (a dict): its declared fields as declared, and any other key it holds as it is,
+# all in the document's own order; for documents built elsewhere (stored results, registry
+# descriptions) whose keys a serializer documents but must neither drop nor reorder. (A comment:
+# the schema would show a docstring on every serializer that mixes it in.)
+class InDocumentOrder:
+    def to_representation(self, document: dict[str, Any]) -> dict[str, Any]:
+        declared = super().to_representation(document)  # type: ignore[misc]
+        return {key: declared[key] if key in declared else value for key, value in document.items()}
+
+
 class ModelOptionSerializer(serializers.Serializer):
     architecture = serializers.ChoiceField(choices=ARCHITECTURES.names(), required=False,
                                            default=DEFAULT_MODEL["architecture"],
@@ -131,7 +141,7 @@ class ExperimentStatusSerializer(serializers.Serializer):
         return text_paths_hidden(experiment.error) or None
 
 
-class ExperimentResultsSerializer(serializers.Serializer):
+class ExperimentResultsSerializer(InDocumentOrder, serializers.Serializer):
     """The results: the keys below, and any other key the stored results hold (e.g. mlflow_models),
     in the stored order."""
 
@@ -145,10 +155,6 @@ class ExperimentResultsSerializer(serializers.Serializer):
     mlflow = serializers.DictField(allow_null=True)
     progress = serializers.FloatField()
     error = serializers.CharField(required=False)
-
-    def to_representation(self, document: dict[str, Any]) -> dict[str, Any]:
-        declared = super().to_representation(document)
-        return {key: declared[key] if key in declared else value for key, value in document.items()}
 
 
 class EventSerializer(serializers.Serializer):

@@ -94,3 +94,10 @@ def test_the_schema_documents_the_keys_the_detail_answers_with(api):
     assert detail["properties"]["last_drift_check"].get("nullable") is True
     update = schema["paths"]["/api/deployments/{name}/update"]["post"]["responses"]["202"]["content"]
     assert list(component(schema, update["application/json"]["schema"])["properties"]) == UPDATE_KEYS
+
+
+def test_detectors_list_their_kind_and_whether_they_test_each_feature_apart(api):
+    detectors = {d["name"]: d for d in api.get("/api/detectors/").json()}
+    assert list(detectors["ks"]) == ["name", "help", "params", "kind", "feature_wise", "preprocess"]
+    assert detectors["ks"]["feature_wise"] is True and detectors["ks"]["kind"] == "batch"
+    assert list(detectors["mmd"]) == ["name", "help", "params", "kind", "preprocess"]
