@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import threading
 from functools import lru_cache
@@ -20,6 +21,7 @@ _FLUENT_LOCK = threading.RLock()
 # Logged models are torch.export programs: loading one needs torch (and mlflow), not CLaaS.
 REQUIRED_PACKAGES = ("torch",)
 MAX_PARAM_LENGTH = 500
+LOGGED_MODEL_RE = re.compile(r"models:/(m-[0-9a-f]+)")
 
 
 @lru_cache(maxsize=1)
@@ -193,7 +195,11 @@ def registry_add(*, name: str, source: str, run_id: str | None = None, tags: dic
     except MlflowException as exc:
         if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
             raise
-    mv = c.create_model_version(name, source, run_id=run_id, tags=tags or {}, description=description)
+    # A logged model's URI (models:/m-<id>) names the model itself; a tracking server accepts it as
+    # a version's source only with that id given (a local store does not check).
+    found = LOGGED_MODEL_RE.fullmatch(source)
+    mv = c.create_model_version(name, source, run_id=run_id, tags=tags or {}, description=description,
+                                model_id=found.group(1) if found else None)
     return str(mv.version)
 
 

@@ -6,6 +6,10 @@ running); CLAAS_TEST_POSTGRES_URL and CLAAS_TEST_REDIS_URL point elsewhere.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +18,9 @@ from typing import Any, Iterator
 import psycopg
 import pytest
 import redis
+import requests
 
-from tests.service import LiveService
+from tests.service import LiveService, free_port
 
 # The admin connection creates and drops the test database; nothing else touches it.
 POSTGRES_ADMIN_URL = os.environ.get("CLAAS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -36,6 +41,7 @@ class Scaled:
     database_url: str
     redis_url: str
     huey_name: str
+    mlflow_url: str
 
     def row(self, *, username: str, exp_name: str) -> dict[str, Any]:
         """The experiment row as the workers left it (worker, attempts, owner), read from PostgreSQL."""
@@ -52,30 +58,64 @@ class Scaled:
         return "\n".join(log.read_text() for log in self.service.logs if log.name.startswith("worker"))
 
 
+def mlflow_server(*, database_url: str, artifacts: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    """`mlflow server` as README's "Scaling out" runs it: PostgreSQL backend store, served artifacts."""
+    port = free_port()
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    store = database_url.replace("postgresql://", "postgresql+psycopg://", 1)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store, "--artifacts-destination",
+         str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited: {log.read_text()[-2000:]}")
+        try:
+            if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                return proc, url
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError(f"mlflow server did not answer in 120 s: {log.read_text()[-2000:]}")
+
+
 @pytest.fixture(scope="module")
 def scaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scaled]:
-    """Web + two `run_worker --queue train` processes on PostgreSQL and Redis, each worker CPU-only."""
+    """Web + two `run_worker --queue train` processes on PostgreSQL and Redis, each worker CPU-only, tracking
+    to a real `mlflow server` (its own PostgreSQL database)."""
     name = f"claas_test_{uuid.uuid4().hex[:10]}"
     huey_name = f"claastest{uuid.uuid4().hex[:6]}"
     cache = redis.Redis.from_url(REDIS_URL)
     cache.flushdb()
     with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}_mlflow"')
     database_url = _database_url(name)
     data_dir: Path = tmp_path_factory.mktemp("scaled")
+    tracker, mlflow_url = mlflow_server(database_url=_database_url(f"{name}_mlflow"),
+                                        artifacts=data_dir / "mlflow-server-artifacts", log=data_dir / "mlflow.log")
     live = LiveService(data_dir, workers=2, worker_args=("run_worker", "--queue", "train"), env={
         "DATABASE_URL": database_url,
         "CLAAS_REDIS_URL": REDIS_URL,
         "CLAAS_HUEY_NAME": huey_name,
         "CLAAS_JOB_STALE_AFTER_S": "5",
         "CLAAS_WORKER_DEVICE": "cpu",
+        "MLFLOW_TRACKING_URI": mlflow_url,
     })
     try:
         live.start()
-        yield Scaled(service=live, database_url=database_url, redis_url=REDIS_URL, huey_name=huey_name)
+        yield Scaled(service=live, database_url=database_url, redis_url=REDIS_URL, huey_name=huey_name,
+                     mlflow_url=mlflow_url)
     finally:
         live.stop()
+        os.killpg(tracker.pid, signal.SIGTERM)
+        tracker.wait(timeout=30)
         with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}_mlflow" WITH (FORCE)')
         cache.flushdb()
         cache.close()

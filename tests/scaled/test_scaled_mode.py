@@ -214,3 +214,58 @@ def test_training_goes_to_the_train_queue_and_light_jobs_to_the_default_queue(sc
     refused = subprocess.run([sys.executable, "manage.py", "run_worker"], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=120)
     assert refused.returncode != 0 and "--queue train" in refused.stderr
+
+
+def registry_version(client, name: str, alias: str | None = None, timeout: float = 120):
+    """A registered version on the MLflow server (by alias once it is set), or None after `timeout`."""
+    from mlflow.exceptions import MlflowException
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if alias:
+                return client.get_model_version_by_alias(name, alias)
+            versions = client.search_model_versions(f"name='{name}'")
+            if versions:
+                return versions[0]
+        except MlflowException:
+            pass
+        time.sleep(0.5)
+    return None
+
+
+def test_every_kind_of_version_is_registered_on_a_real_mlflow_server(scaled, dana):
+    """README "Scaling out" step 2: with `mlflow server`, experiments, registered models and deployments
+    all leave versions (and the deployment its aliases) in the server's registry, loadable from there."""
+    import mlflow
+    import numpy as np
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=scaled.mlflow_url, registry_uri=scaled.mlflow_url)
+    create(dana, "registry", REPLAY, training={**OPTIONS["training"], "epochs": 2})
+    execute(dana, "registry")
+    assert dana.wait_status("registry")["status"] == "completed"
+    results = dana.get("/base-scenario/dana/results/registry").json()
+    assert "errors" not in (results["mlflow"] or {}), results["mlflow"]
+    assert results["model"]["mlflow_uri"] == f"models:/dana.registry/{results['model']['mlflow_version']}"
+    assert registry_version(client, "dana.registry") is not None
+
+    created = dana.post("/api/models/", {"name": "mirrored", "architecture": "simple_mlp", "params": {}})
+    assert created.status_code == 201, created.text
+    assert created.json()["mlflow_error"] is None
+    mirrored = created.json()["versions"][0]["mlflow_version"]
+    assert client.get_model_version("dana.mirrored", mirrored).version == mirrored
+
+    # Deployment versions and aliases are written by a light job: a worker of the default queue takes it.
+    light = scaled.service.start_worker(args=("run_worker", "--queue", "default"))
+    try:
+        deployed = dana.post("/api/deployments/", {"name": "reg", "source": {"exp_name": "registry"}})
+        assert deployed.status_code == 201, deployed.text
+        champion = registry_version(client, "dana.deploy.reg", alias="champion")
+        assert champion is not None, scaled.worker_logs()[-3000:]
+    finally:
+        scaled.service.kill_worker(light)
+    mlflow.set_tracking_uri(scaled.mlflow_url)
+    mlflow.set_registry_uri(scaled.mlflow_url)
+    scores = mlflow.pyfunc.load_model("models:/dana.deploy.reg@champion").predict(np.zeros((3, 64), np.float32))
+    assert np.asarray(scores).shape == (3, 10)
