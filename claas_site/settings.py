@@ -101,6 +101,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "channels",
     "huey.contrib.djhuey",
     "claas_site",
@@ -268,6 +269,11 @@ SPECTACULAR_SETTINGS = {
     "experiments, deploy models that detect drift and update themselves by replay.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI and Redoc from the installed sidecar package, served as static files: /api/docs/ works
+    # offline (drf-spectacular's default loads them from a CDN).
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     # The error format on every 4xx, and the answers (401, 413, 415, 429) any operation may give.
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "claas_site.openapi.error_responses"],

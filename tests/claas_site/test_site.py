@@ -69,6 +69,18 @@ def test_openapi_schema_and_swagger_ui(api):
     assert docs.status_code == 200 and b"swagger" in docs.content.lower()
 
 
+def test_the_api_docs_page_loads_nothing_from_another_host(api, client):
+    import re
+
+    html = api.get("/api/docs/").content.decode()
+    urls = re.findall(r'(?:src|href)="([^"]+)"', html) + re.findall(r'(?:src|href)=\'([^\']+)\'', html)
+    assert urls and not [u for u in urls if re.match(r"(https?:)?//", u)], urls
+    scripts = [u for u in urls if u.endswith(".js")]
+    assert any("swagger-ui-bundle" in u for u in scripts)
+    for url in urls:
+        assert client.get(url).status_code == 200, url
+
+
 def test_unknown_api_path_is_a_json_404(api):
     response = api.get("/api/experiments/nope")
     assert response.status_code == 404

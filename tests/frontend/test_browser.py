@@ -348,6 +348,19 @@ def test_register_your_own_model_as_a_program_and_see_how_each_download_loads(pa
     assert loaded(torch.zeros(3, 64)).shape == (3, 10)
 
 
+def test_the_api_docs_render_offline(page: Page):
+    # The machine has no internet: Swagger UI renders only from files the service itself serves.
+    from urllib.parse import urlparse
+
+    outside: list[str] = []
+    page.on("request", lambda request: outside.append(request.url)
+            if urlparse(request.url).hostname != "127.0.0.1" else None)
+    page.goto("/api/docs/")
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("CLaaS API")
+    expect(page.locator(".opblock-summary-path").first).to_be_visible()
+    assert outside == []
+
+
 def test_cancel_a_running_experiment_then_delete_it(page: Page, gina):
     body = {"exp_name": "long-run", "overwrite": True, "strategy": {"name": "naive"},
             "training": {"epochs": 1000, "device": "cpu"}}
