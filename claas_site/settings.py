@@ -323,6 +323,10 @@ if REDIS_URL:
     }
     HUEY_QUEUES = {"train": {**HUEY, "name": f"{_HUEY_NAME}.train"}}
     CHANNEL_LAYERS = {"default": redis_channel_layer(REDIS_URL, _HUEY_NAME)}
+    # One cache for every web process: sign-in limits and write throttles count across processes
+    # (with a cache per process, N web processes would allow N times each limit).
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
+                          "KEY_PREFIX": _HUEY_NAME}}
 else:
     HUEY = {
         "huey_class": "huey.SqliteHuey",

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -269,3 +271,50 @@ def test_every_kind_of_version_is_registered_on_a_real_mlflow_server(scaled, dan
     mlflow.set_registry_uri(scaled.mlflow_url)
     scores = mlflow.pyfunc.load_model("models:/dana.deploy.reg@champion").predict(np.zeros((3, 64), np.float32))
     assert np.asarray(scores).shape == (3, 10)
+
+
+def sign_in(base_url: str, username: str, password: str) -> int:
+    """A browser's sign-in: the form's CSRF token, then the POST; returns the answer's status."""
+    import requests
+
+    session = requests.Session()
+    form = session.get(f"{base_url}/accounts/login/", timeout=30)
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text).group(1)
+    answer = session.post(f"{base_url}/accounts/login/", data={"username": username, "password": password,
+                                                                "csrfmiddlewaretoken": token},
+                          headers={"Referer": f"{base_url}/accounts/login/"}, allow_redirects=False, timeout=30)
+    return answer.status_code
+
+
+def test_sign_in_failures_count_across_web_processes(scaled):
+    """Two web processes share the cache in Redis: ten wrong passwords spread over both lock the account."""
+    from tests.service import daphne_command, free_port
+
+    erin = scaled.service.user("erin")
+    port = free_port()
+    second = scaled.service._spawn("web", [*daphne_command(), "-b", "127.0.0.1", "-p", str(port),
+                                           "claas_site.asgi:application"])
+    try:
+        other = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if requests_get(f"{other}/healthz") == 200:
+                break
+            time.sleep(0.3)
+        urls = [scaled.service.base_url, other]
+        for attempt in range(10):
+            assert sign_in(urls[attempt % 2], "erin", "wrong password") == 200
+        assert sign_in(urls[0], "erin", erin.password) == 429
+        assert sign_in(urls[1], "erin", erin.password) == 429
+    finally:
+        os.killpg(second.pid, signal.SIGTERM)
+        second.wait(timeout=30)
+
+
+def requests_get(url: str) -> int:
+    import requests
+
+    try:
+        return requests.get(url, timeout=5).status_code
+    except requests.RequestException:
+        return 0
