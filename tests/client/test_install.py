@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -49,13 +50,15 @@ def pip_environment(home: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("fresh")
-    shipped = wheelhouse(CLIENT / "pyproject.toml", root / "wheels")
+    # A copy: building from the checkout itself would leave build/ and *.egg-info in it.
+    source = shutil.copytree(CLIENT, root / "client", ignore=shutil.ignore_patterns("build", "*.egg-info"))
+    shipped = wheelhouse(source / "pyproject.toml", root / "wheels")
     base = getattr(sys, "_base_executable", sys.executable)
     subprocess.run([base, "-m", "venv", str(root / "venv")], check=True, timeout=300)
     python = root / "venv" / "bin" / "python"
     env = pip_environment(root)
     done = subprocess.run([str(python), "-m", "pip", "install", "--no-index", "--no-cache-dir", "--find-links",
-                           str(root / "wheels"), str(CLIENT)], env=env, capture_output=True, text=True,
+                           str(root / "wheels"), str(source)], env=env, capture_output=True, text=True,
                           timeout=600, cwd=root)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     listed = subprocess.run([str(python), "-m", "pip", "list", "--format", "json"], env=env, capture_output=True,
