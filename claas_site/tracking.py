@@ -140,8 +140,38 @@ def run_metric_history(*, run_id: str, key: str, values: list[tuple[int, float]]
         client().log_batch(run_id, metrics=metrics[start:start + 1000])
 
 
-def run_end(*, run_id: str, status: str) -> None:
-    client().set_terminated(run_id, status=status)
+# A job's final status -> the MLflow run status that mirrors it.
+RUN_STATUS = {"completed": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"}
+MAX_TAG_LENGTH = 5000
+
+
+def run_end(*, run_id: str, status: str, error: str = "") -> None:
+    """End a run as FINISHED, FAILED or KILLED (a job status is mapped); a failure's sentence is a tag."""
+    c = client()
+    if error:
+        c.set_tag(run_id, "claas.error", error[:MAX_TAG_LENGTH])
+    c.set_terminated(run_id, status=RUN_STATUS.get(status, status))
+
+
+def run_table(*, run_id: str, data: dict[str, list[Any]], artifact_file: str) -> None:
+    """A table artifact (columns of equal length), shown as a table in the MLflow UI."""
+    client().log_table(run_id, data=data, artifact_file=artifact_file)
+
+
+def run_figure(*, run_id: str, figure: Any, artifact_file: str) -> None:
+    client().log_figure(run_id, figure, artifact_file)
+
+
+def run_input(*, run_id: str, x: Any, y: Any, name: str, source: str, context: str) -> str:
+    """Record the data a run trained or was evaluated on (`mlflow.log_input`); returns its digest."""
+    mlflow = _mlflow()
+    import mlflow.data
+
+    dataset = mlflow.data.from_numpy(x, targets=y, source=source, name=name)
+    with _FLUENT_LOCK:
+        with mlflow.start_run(run_id=run_id, nested=False):
+            mlflow.log_input(dataset, context=context)
+    return dataset.digest
 
 
 def run_url(*, experiment_id: str, run_id: str) -> str:

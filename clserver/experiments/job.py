@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from clserver.experiments.events import experiment_event_record
+from clserver.experiments.mirror import experiment_run_end
 from clserver.jobs.runner import JobRunner
 from clserver.models import Experiment
 from clserver.experiments.services import experiment_dir
@@ -31,8 +32,13 @@ class ExperimentJob(JobRunner):
         if error:
             payload["error"] = error
         experiment_event_record(experiment=self.row, type="status", payload=payload)
+        if status in ("failed", "cancelled"):
+            experiment = Experiment.objects.filter(pk=self.job_id).first()
+            if experiment is not None:
+                experiment_run_end(experiment=experiment, status=status, error=error)
 
 
 def experiment_failed_by_reaper(row: Any, reason: str) -> None:
     experiment = Experiment.objects.get(pk=row.pk)
     experiment_event_record(experiment=experiment, type="status", payload={"status": "failed", "error": reason})
+    experiment_run_end(experiment=experiment, status="failed", error=reason)

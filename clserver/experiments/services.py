@@ -16,6 +16,7 @@ from clserver.experiments.events import experiment_event_record
 from clserver.models import ACTIVE_STATUSES, Experiment, JobStatus
 from clserver.experiments.options import options_validate
 from clserver.experiments.selectors import experiment_get
+from clserver.experiments.mirror import experiment_run_end
 from clserver.jobs.runner import JobNotCancellable, job_cancel
 from clserver.jobs.tasks import job_enqueue
 
@@ -109,6 +110,8 @@ def experiment_cancel(*, owner: Any, name: str) -> Experiment:
                            "can be cancelled.")
         if ended:
             experiment_event_record(experiment=experiment, type="status", payload={"status": JobStatus.CANCELLED})
+            # A queued experiment may hold the run of an earlier attempt (its worker died): end it KILLED.
+            transaction.on_commit(lambda: experiment_run_end(experiment=experiment, status=JobStatus.CANCELLED))
     return experiment
 
 
