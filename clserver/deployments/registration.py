@@ -22,10 +22,16 @@ def version_register(*, version_id: int) -> None:
                                            "update": d.update_options},
                                    tags={"claas.user": user, "claas.deployment": d.name,
                                          "claas.version": str(version.version)})
+    # The version carries its validation figures: as the run's metrics and as tags of the registered version.
+    figures = {k: float(v) for k, v in {"validation_accuracy": version.validation_accuracy, **version.metrics}.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
     try:
+        if figures:
+            tracking.run_metrics(run_id=run_id, metrics=figures, step=0)
         logged = tracking.model_log(run_id=run_id, model=model, input_example=example, name="model",
                                     registered_name=registered_name(d),
-                                    tags={"claas.deployment": d.name, "claas.version": str(version.version)})
+                                    tags={"claas.deployment": d.name, "claas.version": str(version.version),
+                                          **{f"claas.{k}": f"{v:.6g}" for k, v in figures.items()}})
     except Exception:
         tracking.run_end(run_id=run_id, status="FAILED")
         raise

@@ -267,3 +267,19 @@ def test_a_rotated_token_no_longer_predicts(service, dora, main):
     assert dora.post("/api/deployments/digits/predict", {"inputs": rows}).status_code == 200
     stale = Client(service.base_url, old_token).post("/api/deployments/digits/predict", {"inputs": rows})
     assert stale.status_code == 401 and stale.json()["error"]
+
+
+def test_the_first_version_is_registered_with_its_validation_figures(service, dora, main):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{service.data_dir / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    versions = {v["version"]: v for v in dora.get("/api/deployments/digits").json()["versions"]}
+    first = versions[1]
+    assert first["mlflow_version"]
+    registered = client.get_model_version("dora.deploy.digits", first["mlflow_version"])
+    assert float(registered.tags["claas.validation_accuracy"]) == pytest.approx(first["validation_accuracy"],
+                                                                                rel=1e-5)
+    run = client.get_run(registered.run_id)
+    assert run.data.metrics["validation_accuracy"] == pytest.approx(first["validation_accuracy"])
+    assert run.data.metrics["validation_samples"] > 0
