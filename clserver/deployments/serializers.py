@@ -26,6 +26,10 @@ class DetectorSerializer(InDocumentOrder, serializers.Serializer):
     feature_wise = serializers.BooleanField(required=False,
                                             help_text="Present (true) when it tests each feature on its own.")
     params = serializers.ListField(child=serializers.DictField(), help_text="name, type, default, help, min, max.")
+    implementation = serializers.CharField(help_text="The code that runs it: \"alibi-detect <version>\" or "
+                                           "\"claas\" (CLaaS's own, used for ks, mmd and lsdd without alibi-detect).")
+    licence = serializers.CharField(help_text="That code's licence (alibi-detect: Business Source License 1.1).")
+    available = serializers.BooleanField(help_text="False when it needs alibi-detect and that is not installed.")
     preprocess = serializers.ListField(child=serializers.DictField(),
                                        help_text="Preprocess choices (dimension reduction before the test).")
 

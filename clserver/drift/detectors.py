@@ -1,7 +1,9 @@
 """The one boundary to alibi-detect: the drift-detector registry, fitting, checks, saving and loading.
 
 alibi-detect is imported inside functions only (it takes seconds to import), always with
-backend="pytorch" on the CPU, so a detector saved by one process loads in any other.
+backend="pytorch" on the CPU, so a detector saved by one process loads in any other. Where it is not
+installed, ks, mmd and lsdd are CLaaS's own (clserver/drift/own.py) and the others answer 400
+(clserver/drift/implementation.py decides which).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from claas_site.errors import InvalidInput
 from claas_site.lazy import lazy_import
 from claas_site.params import Param, Registry
 from clserver.drift import budget as drift_budget
+from clserver.drift import implementation, own
 from clserver.drift.checks import CheckResult, check_batch, check_online
 from clserver.drift.budget import CHUNK_BYTES
 from clserver.drift.fast import accelerate
@@ -111,6 +114,8 @@ def penultimate(*, n_features: int, model: nn.Module | None, input_shape: list[i
     params=(_p_val(), _correction(), _n_reference()), kind="batch", feature_wise=True,
 )
 def ks(x_ref: np.ndarray, *, p_val: float, correction: str, preprocess_fn: Any, **_: Any) -> Any:
+    if not implementation.uses_alibi("ks"):
+        return own.KS(x_ref, p_val=p_val, correction=correction, preprocess_fn=preprocess_fn)
     from alibi_detect.cd import KSDrift
 
     return KSDrift(x_ref, p_val=p_val, correction=correction, preprocess_fn=preprocess_fn)
@@ -123,6 +128,8 @@ def ks(x_ref: np.ndarray, *, p_val: float, correction: str, preprocess_fn: Any, 
     kind="batch",
 )
 def mmd(x_ref: np.ndarray, *, p_val: float, n_permutations: int, preprocess_fn: Any, **_: Any) -> Any:
+    if not implementation.uses_alibi("mmd"):
+        return own.MMD(x_ref, p_val=p_val, n_permutations=n_permutations, preprocess_fn=preprocess_fn)
     from alibi_detect.cd import MMDDrift
 
     return MMDDrift(x_ref, backend=BACKEND, p_val=p_val, n_permutations=n_permutations,
@@ -136,6 +143,8 @@ def mmd(x_ref: np.ndarray, *, p_val: float, n_permutations: int, preprocess_fn: 
     kind="batch",
 )
 def lsdd(x_ref: np.ndarray, *, p_val: float, n_permutations: int, preprocess_fn: Any, **_: Any) -> Any:
+    if not implementation.uses_alibi("lsdd"):
+        return own.LSDD(x_ref, p_val=p_val, n_permutations=n_permutations, preprocess_fn=preprocess_fn)
     from alibi_detect.cd import LSDDDrift
 
     return LSDDDrift(x_ref, backend=BACKEND, p_val=p_val, n_permutations=n_permutations,
@@ -286,9 +295,10 @@ def detector_kind(options: dict[str, Any]) -> str:
 
 
 def detector_list() -> list[dict[str, Any]]:
-    """The registry as the API lists it, with the preprocess choices."""
+    """The registry as the API lists it, with the preprocess choices and the code that runs each."""
     preprocess = PREPROCESSORS.describe()
-    return [{**entry, "preprocess": preprocess} for entry in DETECTORS.describe()]
+    return [{**entry, **implementation.describe(entry["name"]), "preprocess": preprocess}
+            for entry in DETECTORS.describe()]
 
 
 # --- fitting, saving, loading ------------------------------------------------------------------
@@ -317,11 +327,14 @@ def _quiet() -> contextlib.AbstractContextManager:
 def detector_fit(*, options: dict[str, Any], x_ref: np.ndarray, model: nn.Module | None,
                  input_shape: list[int]) -> Any:
     """Build and fit a detector on the reference sample; raise InvalidInput when it cannot be."""
-    from alibi_detect.cd.pytorch import preprocess_drift
-
     from clserver.drift.modules import encoder_costs
 
     entry = DETECTORS.get(options["name"], "detector.name")
+    implementation.require(entry.name)
+    if implementation.uses_alibi(entry.name):
+        from alibi_detect.cd.pytorch import preprocess_drift
+    else:
+        preprocess_drift = own.preprocess_batches
     params = {p.name: options[p.name] for p in entry.params}
     x_ref = np.ascontiguousarray(x_ref, dtype=np.float32)
     preprocess_fn, n_features = None, int(x_ref.shape[1])
@@ -352,6 +365,8 @@ def detector_fit(*, options: dict[str, Any], x_ref: np.ndarray, model: nn.Module
 
 
 def detector_save(detector: Any, path: Path) -> None:
+    if own.is_own(detector):
+        return detector.save(path)
     from alibi_detect.saving import save_detector
 
     with _quiet():
@@ -360,6 +375,9 @@ def detector_save(detector: Any, path: Path) -> None:
 
 def detector_load(path: Path) -> Any:
     """Load a detector this service saved (its files are ours: never load one a user uploaded)."""
+    if own.is_saved_own(path):
+        return own.load(path)
+    implementation.require_saved()
     from alibi_detect.saving import load_detector
 
     with seeded(FIT_SEED), _quiet():

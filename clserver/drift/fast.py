@@ -6,7 +6,9 @@ permutation's rows of the kernel-centre matrix at once (n_permutations x rows x 
 gigabytes). `accelerate` replaces those methods on one detector instance with array computations
 of the same tests, taken in chunks whose size does not depend on the number of features or
 permutations: the detector stays an alibi-detect object (its config, `predict`, saving and
-loading are untouched), only where its scores come from changes.
+loading are untouched), only where its scores come from changes. CLaaS's own detectors
+(clserver/drift/own.py) score with the same functions; only `accelerate` imports alibi-detect, and
+only for a detector that is alibi-detect's.
 """
 from __future__ import annotations
 
@@ -27,7 +29,10 @@ PERMUTATION_CHUNK = drift_budget.PERMUTATION_CHUNK
 
 
 def accelerate(detector: Any) -> Any:
-    """Bind the vectorised scoring onto a KSDrift or a pytorch MMDDrift or LSDDDrift; return any other as is."""
+    """Bind the vectorised scoring onto a KSDrift or a pytorch MMDDrift or LSDDDrift; return any other as is
+    (CLaaS's own detectors, clserver/drift/own.py, score this way already, and need no alibi-detect)."""
+    if not type(detector).__module__.startswith("alibi_detect."):
+        return detector
     import alibi_detect
     from alibi_detect.cd import KSDrift, LSDDDrift, MMDDrift
 
@@ -198,14 +203,21 @@ def mmd_kernel_matrix(self: Any, x_ref: Any, x: Any) -> Any:
     return kernel_mat
 
 
+def mmd2_observed(kernel_mat: Any, m: int) -> Any:
+    """The unbiased MMD^2 of the last m rows against the others, from a kernel matrix whose diagonal is
+    zero: alibi's `mmd2_from_kernel_matrix(permute=False, zero_diag=False)`, operation for operation."""
+    n = kernel_mat.shape[0] - m
+    k_xx, k_yy, k_xy = kernel_mat[:-m, :-m], kernel_mat[-m:, -m:], kernel_mat[-m:, :-m]
+    c_xx, c_yy = 1 / (n * (n - 1)), 1 / (m * (m - 1))
+    return c_xx * k_xx.sum() + c_yy * k_yy.sum() - 2. * k_xy.mean()
+
+
 def mmd_score(self: Any, x: Any) -> tuple[float, float, float]:
     """MMDDriftTorch.score with the permutations vectorised: the same kernel (and inferred sigma),
     preprocessing, observed MMD^2, permutations (drawn by torch.randperm in the same order), p-value
     and distance threshold as alibi's. The permuted MMD^2 are summed in float64 where alibi sums in
     float32, so they differ by rounding (under 1e-6); the p-value changes only where a permuted value
     lies that close to the observed one."""
-    from alibi_detect.utils.pytorch.distance import mmd2_from_kernel_matrix
-
     x_ref, x = self.preprocess(x)
     x_ref = torch.from_numpy(x_ref).to(self.device)
     x = torch.from_numpy(x).to(self.device)
@@ -213,7 +225,7 @@ def mmd_score(self: Any, x: Any) -> tuple[float, float, float]:
     with torch.no_grad():
         kernel_mat = mmd_kernel_matrix(self, x_ref, x)
         kernel_mat.fill_diagonal_(0)  # in place: the same matrix as alibi's K - diag(K)
-        mmd2 = mmd2_from_kernel_matrix(kernel_mat, m, permute=False, zero_diag=False).cpu()
+        mmd2 = mmd2_observed(kernel_mat, m).cpu()
         permutations = (torch.randperm(kernel_mat.shape[0]).numpy() for _ in range(self.n_permutations))
         permuted = torch.from_numpy(mmd2_permuted(kernel_mat.cpu().numpy(), m, permutations))
     p_val = (mmd2 <= permuted).float().mean()

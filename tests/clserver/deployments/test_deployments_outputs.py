@@ -98,6 +98,8 @@ def test_the_schema_documents_the_keys_the_detail_answers_with(api):
 
 def test_detectors_list_their_kind_and_whether_they_test_each_feature_apart(api):
     detectors = {d["name"]: d for d in api.get("/api/detectors/").json()}
-    assert list(detectors["ks"]) == ["name", "help", "params", "kind", "feature_wise", "preprocess"]
+    assert list(detectors["ks"]) == ["name", "help", "params", "kind", "feature_wise", "implementation", "licence",
+                                     "available", "preprocess"]
     assert detectors["ks"]["feature_wise"] is True and detectors["ks"]["kind"] == "batch"
-    assert list(detectors["mmd"]) == ["name", "help", "params", "kind", "preprocess"]
+    assert list(detectors["mmd"]) == ["name", "help", "params", "kind", "implementation", "licence", "available",
+                                      "preprocess"]
