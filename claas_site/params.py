@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 
 from claas_site.errors import InvalidInput
 
-PARAM_TYPES = ("int", "float", "bool", "str", "int_list")
+PARAM_TYPES = ("int", "float", "bool", "str", "int_list", "object")
 # An int_list parameter (e.g. an input shape) holds at most this many entries.
 INT_LIST_MAX = 64
 
@@ -28,17 +28,20 @@ def keys_only(obj: dict[str, Any], *, allowed: tuple[str, ...], where: str) -> N
 @dataclass(frozen=True)
 class Param:
     name: str
-    type: str  # int | float | bool | str | int_list
+    type: str  # int | float | bool | str | int_list | object (an object of `fields`)
     default: Any
     help: str = ""
     min: float | None = None
     max: float | None = None
     choices: Sequence[Any] | None = None
     nullable: bool = False
+    fields: tuple["Param", ...] = ()
 
     def __post_init__(self) -> None:
         if self.type not in PARAM_TYPES:
             raise ValueError(f"Param {self.name!r} has type {self.type!r}; it must be one of {PARAM_TYPES}.")
+        if (self.type == "object") != bool(self.fields):
+            raise ValueError(f"Param {self.name!r}: an object, and only an object, declares its fields.")
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "type": self.type, "default": self.default,
@@ -51,6 +54,8 @@ class Param:
             out["choices"] = list(self.choices)
         if self.nullable:
             out["nullable"] = True
+        if self.fields:
+            out["fields"] = [f.describe() for f in self.fields]
         return out
 
     def coerce(self, value: Any, where: str) -> Any:
@@ -90,6 +95,11 @@ class Param:
             for v in value:
                 self._check_range(v, label)
             return list(value)
+        elif self.type == "object":
+            if not isinstance(value, dict):
+                raise InvalidInput(f"{label} must be an object.", details={label: _short(value)})
+            keys_only(value, allowed=tuple(f.name for f in self.fields), where=label)
+            return {f.name: (f.coerce(value[f.name], label) if f.name in value else f.default) for f in self.fields}
         else:  # pragma: no cover - a programming error in a registry
             raise ValueError(f"Unknown parameter type {self.type!r}")
         if self.choices is not None and out not in self.choices:

@@ -60,6 +60,9 @@ def param_field(*, param: Param, with_default: bool = True) -> serializers.Field
     if param.type == "int_list":
         return serializers.ListField(child=serializers.IntegerField(**bounds), min_length=1,
                                      max_length=INT_LIST_MAX, **kwargs)
+    if param.type == "object":
+        fields = params_serializer(component=f"{_camel(param.name)}Option", params=param.fields)
+        return fields(**kwargs)
     raise ValueError(f"Unknown parameter type {param.type!r}")  # pragma: no cover - a registry's mistake
 
 

@@ -51,6 +51,7 @@ from clserver.training.loop import (
     strategy_build,
     tensor_dataset,
 )
+from clserver.training.early_stopping import MAX_EPOCHS, EarlyStoppingPlugin, early_stopping_on
 from clserver.training.plugins import CancelPlugin, ProgressPlugin, Tracker
 
 logger = logging.getLogger(__name__)
@@ -156,10 +157,17 @@ class UpdateRun:
 
         candidate = copy.deepcopy(champion).train()
         plugin = ProgressPlugin(on_epoch_end=self.epoch_end)
+        plugins = [plugin, CancelPlugin(check=self.job.check_cancel)]
+        stopping = None
+        if early := early_stopping_on(self.training):
+            # It stops on what the decision is made on: the validation set and the held-out new samples.
+            stopping = EarlyStoppingPlugin(options=early, batch=self.training["eval_mb_size"])
+            stopping.held_out = (np.concatenate([val[0], held[0]]).astype(np.float32),
+                                 np.concatenate([val[1], held[1]]).astype(np.int64))
+            plugins.append(stopping)
         started = time.perf_counter()
         candidate = train_candidate(model=candidate, memory=memory, x=x_new[train_idx], y=y_new[train_idx],
-                                    options=opts, device=device,
-                                    plugins=[plugin, CancelPlugin(check=self.job.check_cancel)]).model
+                                    options=opts, device=device, plugins=plugins).model
         train_time = time.perf_counter() - started
         candidate = candidate.cpu().eval()
         self.job.check_cancel()
@@ -176,6 +184,8 @@ class UpdateRun:
             "scratch_samples": scratch,
             "scratch_basis": f"{update.samples_seen_total} samples seen so far x {epochs} epochs",
             "saving": 1 - plugin.samples / scratch if scratch else None,
+            "epochs_trained": plugin.epoch,
+            "stopped": stopping.stopped if stopping is not None else MAX_EPOCHS,
         }
         tolerance = opts["tolerance"]
         accepted = finite and after["union"] >= before["union"] - tolerance

@@ -11,6 +11,7 @@ from django.conf import settings
 from claas_site.errors import ApplicationError, InvalidInput
 from claas_site.params import Param, keys_only
 from clserver.training.benchmarks import Source, benchmark_source
+from clserver.training.early_stopping import EARLY_STOPPING, early_stopping_check
 from clserver.models import Experiment, JobStatus
 from clserver.names import NAME_MAX_LENGTH, NAME_PATTERN
 from clserver.training.strategies import OPTIMIZERS, STRATEGIES, memory_size
@@ -29,6 +30,7 @@ TRAINING_PARAMS = (
     Param("seed", "int", 0, "Seed of weights, shuffling and sampling.", min=0, max=2**31 - 1),
     Param("deterministic", "bool", False, "The same results on every run on a GPU too (deterministic "
           "kernels; slower there). Training on the CPU repeats exactly anyway."),
+    EARLY_STOPPING,
 )
 TRAINING_KEYS = tuple(p.name for p in TRAINING_PARAMS) + ("optimizer",)
 DEFAULT_OPTIMIZER = "sgd"
@@ -108,6 +110,7 @@ def training_validate(*, raw: dict[str, Any], where: str,
     keys_only(raw, allowed=TRAINING_KEYS, where=where)
     training = {p.name: (p.coerce(raw[p.name], where) if p.name in raw else p.default) for p in TRAINING_PARAMS}
     validate_device(training["device"])
+    early_stopping_check(early_stopping=training["early_stopping"], epochs=training["epochs"], where=where)
     opt_raw = optimizer_object(raw.get("optimizer"))
     entry = OPTIMIZERS.get(opt_raw.get("name", DEFAULT_OPTIMIZER), f"{where}.optimizer.name")
     params = entry.validate({k: v for k, v in opt_raw.items() if k != "name"}, f"{where}.optimizer")

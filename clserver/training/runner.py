@@ -27,6 +27,7 @@ from clserver.experiments.events import experiment_event_record, json_safe
 from clserver.models import Experiment
 from clserver.training import metrics
 from clserver.training.benchmarks import benchmark_source
+from clserver.training.early_stopping import MAX_EPOCHS, EarlyStoppingPlugin, early_stopping_on, stream_held_out
 from clserver.training.loop import (  # noqa: F401  (evaluate and stream_to_avalanche: bench/ imports them here)
     evaluate,
     kernels_deterministic,
@@ -142,6 +143,13 @@ class ExperimentRun:
                                      params={k: v for k, v in opts["benchmark"].items() if k != "name"},
                                      owner=self.experiment.owner)
         self.stream = stream = source.load()
+        self.early_stopping, held_out = None, []
+        if early := early_stopping_on(training):
+            # Each experience trains on what is not held out; the held-out part decides when it stops.
+            stream, held_out = stream_held_out(stream=stream, fraction=early["validation_fraction"],
+                                               seed=training["seed"])
+            self.stream = stream
+            self.early_stopping = EarlyStoppingPlugin(options=early, batch=training["eval_mb_size"])
         self.sizes = [len(t[1]) for t in stream.test]
         scenario = stream_to_avalanche(stream)
         T = stream.n_experiences
@@ -169,6 +177,10 @@ class ExperimentRun:
             self.current = i
             self.job.check_cancel()
             self.job.update(experience=i, epoch=0)
+            if self.early_stopping is not None:
+                parts = held_out if self.offline else [held_out[i]]
+                self.early_stopping.held_out = (np.concatenate([p[0] for p in parts]),
+                                                np.concatenate([p[1] for p in parts]))
             try:
                 # The plugins evaluate, record and checkpoint the experience before `train` returns.
                 strategy.train(scenario.train_stream if self.offline else scenario.train_stream[i])
@@ -187,6 +199,7 @@ class ExperimentRun:
             CancelPlugin(check=self.job.check_cancel),
             self.loss_curve,
             DivergencePlugin(progress=self.progress, experience=lambda: self.current),
+            *([self.early_stopping] if self.early_stopping is not None else []),
             StreamEvaluationPlugin(evaluate=evaluate_model, on_evaluated=self._experience_done),
             CheckpointPlugin(path=self.checkpoint, on_saved=self._checkpoint_saved, on_failed=self._checkpoint_failed),
         ]
@@ -256,6 +269,8 @@ class ExperimentRun:
             "train_time_s": train_time,
             "eval_time_s": eval_time,
             "samples_processed": samples,
+            "epochs_trained": self.progress.epoch,
+            "stopped": self.early_stopping.stopped if self.early_stopping is not None else MAX_EPOCHS,
             "accuracy": row[trained[-1]],
             "accuracy_row": row,
             "stream_accuracy": metrics.stream_accuracy(row, sizes),
@@ -274,11 +289,12 @@ class ExperimentRun:
         n_units = self.n_units
         progress = (i + 1) / n_units
         partial = self._results(state, sizes, complete=False)
-        self.job.update(results=json_safe(partial), progress=progress, experience=i, epoch=self.epochs)
+        self.job.update(results=json_safe(partial), progress=progress, experience=i, epoch=self.progress.epoch)
         self.event("experience_end", {
             "experience": i, "n_experiences": n_units, "accuracy_row": row, "accuracy": record["accuracy"],
             "stream_accuracy": record["stream_accuracy"], "train_time_s": train_time,
-            "samples_processed": samples, "progress": progress,
+            "samples_processed": samples, "epochs_trained": record["epochs_trained"], "stopped": record["stopped"],
+            "progress": progress,
             "elapsed_s": time.perf_counter() - self.started,
         })
 

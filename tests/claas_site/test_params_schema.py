@@ -56,7 +56,8 @@ def one_of(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, dict[str, 
 def assert_documents(schema: dict[str, Any], node: dict[str, Any], params: tuple[Param, ...],
                      defaults: bool = True) -> None:
     """Every Param is a property with its type, bounds, choices and (unless laid over others) default."""
-    types = {"int": "integer", "float": "number", "bool": "boolean", "str": "string", "int_list": "array"}
+    types = {"int": "integer", "float": "number", "bool": "boolean", "str": "string", "int_list": "array",
+             "object": "object"}
     for param in params:
         field = node["properties"][param.name]
         shape = resolved(schema, field)
@@ -74,6 +75,8 @@ def assert_documents(schema: dict[str, Any], node: dict[str, Any], params: tuple
         if param.max is not None:
             assert item["maximum"] == param.max, param.name
         assert bool(field.get("nullable")) == param.nullable, param.name
+        if param.fields:  # an object's own fields, each with its default
+            assert_documents(schema, shape, param.fields)
 
 
 def assert_registry(schema: dict[str, Any], node: dict[str, Any], registry: Registry, nested: str | None = None,

@@ -106,12 +106,20 @@
         el("td", {}, u.id),
         el("td", {}, badge(u.status), el("div", { class: "subtle small" }, u.trigger || "")),
         el("td", {}, u.candidate_version ? `v${u.candidate_version}` : "—",
-           el("div", { class: "subtle small" }, u.n_samples ? `${u.n_samples} samples` : "")),
+           el("div", { class: "subtle small" }, u.n_samples ? `${u.n_samples} samples` : ""),
+           el("div", { class: "subtle small epochs" }, epochsText(u.cost || {}))),
         el("td", { class: "small reason" }, u.reason || u.error || "—",
            compared ? el("div", { class: "subtle" },
              `validation: champion ${fmt.pct(u.champion_accuracy)} → candidate ${fmt.pct(u.candidate_accuracy)}`) : ""),
         el("td", { class: "subtle small" }, fmt.date(first(u.finished_at, u.started_at, u.created_at))));
     }));
+  }
+
+  /** How many epochs an update trained and why it stopped (from its cost; "" until it has trained). */
+  function epochsText(cost) {
+    if (typeof cost.epochs_trained !== "number") return "";
+    const epochs = `${cost.epochs_trained} epoch${cost.epochs_trained === 1 ? "" : "s"}`;
+    return cost.stopped && cost.stopped !== "max epochs" ? `${epochs}, stopped: ${cost.stopped}` : epochs;
   }
 
   function renderSummary(d) {

@@ -298,8 +298,16 @@
     table.hidden = !experiences.length;
     table.querySelector("tbody").replaceChildren(...experiences.map((e) => el("tr", {},
       el("td", {}, e.index + 1), el("td", {}, (e.classes || []).join(", ")),
-      el("td", { class: "num" }, fmt.int(e.train_samples)), el("td", { class: "num" }, fmt.seconds(e.train_time_s)),
+      el("td", { class: "num" }, fmt.int(e.train_samples)),
+      el("td", { class: "num" }, fmt.seconds(e.train_time_s), el("div", { class: "subtle small epochs" }, epochsText(e))),
       el("td", { class: "num" }, fmt.pct(e.accuracy)))));
+  }
+
+  /** How many epochs an experience trained and why it stopped ("" for results stored before either was kept). */
+  function epochsText(e) {
+    if (typeof e.epochs_trained !== "number") return "";
+    const epochs = `${e.epochs_trained} epoch${e.epochs_trained === 1 ? "" : "s"}`;
+    return e.stopped && e.stopped !== "max epochs" ? `${epochs}, stopped: ${e.stopped}` : epochs;
   }
 
   function renderConfig() {

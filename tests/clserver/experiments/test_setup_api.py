@@ -33,7 +33,7 @@ def test_setup_fills_every_default(api, user):
     assert options["strategy"] == {"name": "replay", "params": {"mem_size": 200, "policy": "experience_balanced",
                                                                  "batch_size_mem": 0}}
     assert options["training"] == {"epochs": 10, "train_mb_size": 32, "eval_mb_size": 256, "device": "auto",
-                                   "seed": 0, "deterministic": False,
+                                   "seed": 0, "deterministic": False, "early_stopping": None,
                                    "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9,
                                                             "weight_decay": 0.0}}
     assert options["from_experiment"] is None
