@@ -30,7 +30,9 @@ class DeploymentVersionDownloadApi(APIView):
                                      description="state_dict (torch.load(path, weights_only=True)), pt2 "
                                                  "(torch.export.load(path).module()) or torchscript (traced; not "
                                                  "for uploaded programs).")],
-        responses={(200, "application/octet-stream"): OpenApiResponse(description="model file")},
+        responses={(200, "application/octet-stream"): OpenApiResponse(description="model file"),
+                   **{code: OpenApiResponse(description="{\"error\": \"...\", \"details\": {...}}")
+                      for code in (400, 404, 429)}},
     )
     def get(self, request: Request, name: str, version: int) -> FileResponse:
         deployment = deployment_get(owner=request.user, name=name)
