@@ -6,13 +6,13 @@ from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
-from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.serializers import Serializer
 from rest_framework.views import APIView
 
+from claas_site.negotiation import FormatIsNotARenderer
 from claas_site.errors import InvalidInput, PayloadTooLarge
 from claas_site.serializers import RegistryEntrySerializer
 from modelfactory import selectors, services
@@ -136,13 +136,6 @@ class ModelVersionDetailApi(APIView):
     def get(self, request: Request, name: str, version: int) -> Response:
         found = selectors.model_version_get(owner=request.user, name=name, version=version)
         return Response(ModelVersionOutputSerializer(found).data)
-
-
-class FormatIsNotARenderer(DefaultContentNegotiation):
-    """`?format=` names the download format here, not DRF's renderer; errors stay JSON."""
-
-    def select_renderer(self, request: Request, renderers: list, format_suffix: str | None = None) -> tuple:
-        return renderers[0], renderers[0].media_type
 
 
 class ModelVersionDownloadApi(APIView):

@@ -4,21 +4,14 @@ from __future__ import annotations
 from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
+from claas_site.negotiation import FormatIsNotARenderer
 from claas_site.errors import NotFound
 from clserver.deployments.paths import data_path
 from clserver.deployments.selectors import deployment_get
 from modelfactory.exports import DOWNLOAD_FORMATS, export_file
-
-
-class FormatIsNotARenderer(DefaultContentNegotiation):
-    """`?format=` names the download format here, not DRF's renderer; errors stay JSON."""
-
-    def select_renderer(self, request: Request, renderers: list, format_suffix: str | None = None) -> tuple:
-        return renderers[0], renderers[0].media_type
 
 
 class DeploymentVersionDownloadApi(APIView):

@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 from django.http import FileResponse
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from claas_site.errors import NotFound
+from claas_site.negotiation import FormatIsNotARenderer
 from clserver.experiments import selectors
 from clserver.experiments import services
 from clserver.experiments.options import overwrite_pop
+from modelfactory.exports import DOWNLOAD_FORMATS, export_file
 from clserver.experiments.serializers import (
     EventSerializer,
     ExperimentOutputSerializer,
@@ -106,13 +109,24 @@ class ExperimentEventsApi(APIView):
 
 
 class ExperimentModelDownloadApi(APIView):
-    @extend_schema(summary="Download the final model's state_dict (torch.load(..., weights_only=True)).",
-                   responses={(200, "application/octet-stream"): OpenApiResponse(description="state_dict file"),
+    content_negotiation_class = FormatIsNotARenderer
+
+    @extend_schema(summary="Download the final model: its state_dict (torch.load(..., weights_only=True)), a "
+                           "torch.export program (torch.export.load(path).module()) or TorchScript.",
+                   parameters=[OpenApiParameter("format", OpenApiTypes.STR, enum=list(DOWNLOAD_FORMATS),
+                                                default="state_dict",
+                                                description="state_dict, pt2 or torchscript (not for uploaded "
+                                                            "programs).")],
+                   responses={(200, "application/octet-stream"): OpenApiResponse(description="model file"),
                               **ERRORS})
     def get(self, request: Request, exp_name: str) -> FileResponse:
         experiment = selectors.experiment_get(owner=request.user, name=exp_name)
         path = services.experiment_model_path(experiment=experiment)
         if path is None:
             raise NotFound(f"Experiment '{exp_name}' has no final model yet.")
-        return FileResponse(open(path, "rb"), as_attachment=True, filename=f"{exp_name}.pt",
+        format = request.query_params.get("format", "state_dict")
+        model = experiment.options["model"]
+        path = export_file(weights=path, architecture=model["architecture"], params=model["params"], format=format,
+                           owner=experiment.owner, what=f"experiment '{exp_name}'")
+        return FileResponse(open(path, "rb"), as_attachment=True, filename=f"{exp_name}{DOWNLOAD_FORMATS[format]}",
                             content_type="application/octet-stream")

@@ -160,3 +160,20 @@ def test_a_program_version_downloads_as_state_dict_and_pt2_but_not_torchscript(p
     refused = pat.get("/api/models/residual/versions/1/download?format=torchscript")
     assert refused.status_code == 400
     assert refused.json()["error"].startswith("An uploaded program has no TorchScript download")
+
+
+def test_an_experiments_final_model_downloads_as_a_program_that_predicts_like_its_state_dict(pat, lifecycle,
+                                                                                            tmp_path):
+    rows = lifecycle["rows"]
+    for name in ("own-model", "zoo-model"):
+        response = pat.get(f"/api/experiments/{name}/model?format=pt2")
+        assert response.status_code == 200, response.text[:300]
+        assert response.headers["Content-Disposition"].endswith(f'{name}.pt2"')
+        (tmp_path / f"{name}.pt2").write_bytes(response.content)
+        program = torch.export.load(str(tmp_path / f"{name}.pt2")).module()
+        classes = program(torch.tensor(rows)).argmax(1).tolist()
+        if name == "own-model":
+            assert classes == in_the_test(pat, "/api/experiments/own-model/model", rows)
+        assert len(classes) == len(rows)
+    assert pat.get("/api/experiments/zoo-model/model?format=torchscript").status_code == 200
+    assert pat.get("/api/experiments/own-model/model?format=torchscript").status_code == 400
