@@ -239,8 +239,14 @@ def registry_alias(*, name: str, alias: str, version: str | int) -> None:
 
 def registry_versions(*, name: str) -> list[dict[str, Any]]:
     c = client()
-    return [{"version": v.version, "tags": dict(v.tags), "aliases": list(getattr(v, "aliases", []))}
-            for v in c.search_model_versions(f"name='{name}'")]
+    # search_model_versions leaves aliases out; the registered model lists them (alias -> version).
+    versions = c.search_model_versions(f"name='{name}'")
+    aliases: dict[str, list[str]] = {}
+    if versions:
+        for alias, version in (c.get_registered_model(name).aliases or {}).items():
+            aliases.setdefault(str(version), []).append(alias)
+    return [{"version": v.version, "tags": dict(v.tags), "aliases": sorted(aliases.get(str(v.version), []))}
+            for v in versions]
 
 
 def registry_delete(*, name: str) -> None:

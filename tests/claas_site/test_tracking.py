@@ -76,6 +76,9 @@ def test_an_alias_names_one_registered_version(store):
     tracking.registry_alias(name="dan.model", alias="champion", version="2")  # the alias moves
     assert str(tracking.client().get_model_version_by_alias("dan.model", "champion").version) == "2"
     assert sorted(str(v["version"]) for v in tracking.registry_versions(name="dan.model")) == ["1", "2"]
+    tracking.registry_alias(name="dan.model", alias="challenger", version="1")
+    listed = {str(v["version"]): v["aliases"] for v in tracking.registry_versions(name="dan.model")}
+    assert listed == {"1": ["challenger"], "2": ["champion"]}
 
     tracking.registry_versions_delete(name="dan.model", versions=["1", "2"])
     assert tracking.registry_versions(name="dan.model") == []
