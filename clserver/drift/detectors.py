@@ -265,13 +265,15 @@ DEFAULT_DETECTOR = {"name": "mmd"}
 
 
 def detector_options(*, raw: Any) -> dict[str, Any]:
-    """Validate `detector` options (no alibi import): flat {name, <params>, preprocess}."""
+    """Validate `detector` options (no alibi import): flat {name, <params>, preprocess}; a detector that
+    needs alibi-detect where it is not installed is refused here, before anything is loaded or fitted."""
     if raw is None:
         raw = dict(DEFAULT_DETECTOR)
     if not isinstance(raw, dict):
         raise InvalidInput("detector must be an object such as {\"name\": \"mmd\", \"p_val\": 0.05}.",
                            details={"detector": type(raw).__name__})
     entry = DETECTORS.get(raw.get("name", DEFAULT_DETECTOR["name"]), "detector.name")
+    implementation.require(entry.name)
     params = entry.validate({k: v for k, v in raw.items() if k not in ("name", "preprocess")}, "detector")
     preprocess = _preprocess_options(raw.get("preprocess"))
     return {"name": entry.name, **params, "preprocess": preprocess}
