@@ -31,7 +31,11 @@ def check_batch(detector: Any, options: dict[str, Any], x: np.ndarray) -> CheckR
     data = detector.predict(x, return_p_val=True, return_distance=True)["data"]
     p_vals = np.atleast_1d(np.asarray(data["p_val"], dtype=np.float64))
     distances = np.atleast_1d(np.asarray(data["distance"], dtype=np.float64))
-    threshold = as_float(data.get("threshold"))
+    threshold = data.get("threshold")
+    if threshold is not None and np.ndim(threshold) > 0:
+        # FDR with no feature below its bar reports every bar q i / n: the smallest p-value had to clear q / n.
+        threshold = np.min(threshold)
+    threshold = as_float(threshold)
     details: dict[str, Any] = {}
     if len(p_vals) > 1:
         # Feature-wise tests: the smallest p-value decides under Bonferroni; say how many features moved.

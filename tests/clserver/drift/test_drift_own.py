@@ -143,3 +143,16 @@ def test_with_alibi_detect_installed_every_detector_is_alibi_detects():
     fitted = drift.detector_fit(options=drift.detector_options(raw={"name": "ks"}),
                                 x_ref=digits_split()["ref"], model=None, input_shape=[64])
     assert type(fitted).__module__.startswith("alibi_detect.")
+
+
+def test_ks_with_the_fdr_correction_reports_one_threshold_whether_or_not_it_sees_drift(digits):
+    options = drift.detector_options(raw={"name": "ks", "correction": "fdr"})
+    alibi = drift.detector_fit(options=options, x_ref=digits["ref"], model=None, input_shape=[64])
+    with drift.seeded(drift.FIT_SEED):
+        ours = own.KS(digits["ref"], p_val=0.05, correction="fdr")
+    for batch, drifted in (("same", False), ("rotated", True)):
+        mine, theirs = (drift.detector_check(detector=d, options=options, x=digits[batch]) for d in (ours, alibi))
+        assert (mine.is_drift, mine.threshold, mine.distance) == (theirs.is_drift, theirs.threshold, theirs.distance)
+        assert mine.p_val == pytest.approx(theirs.p_val, rel=KS_P_RTOL, abs=1e-12)
+        assert mine.is_drift is drifted and (mine.p_val < mine.threshold) is drifted
+    assert mine.threshold > 0.05 / 64  # with drift: the largest bar q i / n met, above Bonferroni's
