@@ -8,7 +8,6 @@ from claas_site.params import Param, keys_only
 from clserver.deployments import data
 from clserver.deployments.models import UpdateTrigger
 from clserver.experiments.options import training_validate
-from clserver.training.early_stopping import EARLY_STOPPING
 from clserver.training.strategies import STRATEGIES
 
 # Strategies an update cannot use: they do not continue from the champion's weights.
@@ -35,9 +34,6 @@ UPDATE_PARAMS = (
 )
 UPDATE_KEYS = tuple(p.name for p in UPDATE_PARAMS) + ("strategy", "training")
 DEFAULT_UPDATE_STRATEGY = {"name": "replay", "params": {}}
-# An update starts from the champion, which already knows most of the task: by default it stops once
-# its validation accuracy has not improved for 2 epochs. `"early_stopping": null` trains every epoch.
-UPDATE_EARLY_STOPPING = EARLY_STOPPING.coerce({"patience": 2}, "update.training")
 
 
 def object_or_empty(value: Any, *, where: str) -> dict[str, Any]:
@@ -73,8 +69,6 @@ def update_options(*, raw: Any) -> dict[str, Any]:
 def training_options(*, raw: Any) -> dict[str, Any]:
     """Validate `update.training` (the experiments' training options and an optimizer), defaults filled."""
     raw = object_or_empty(raw, where="update.training")
-    if EARLY_STOPPING.name not in raw:
-        raw = {**raw, EARLY_STOPPING.name: UPDATE_EARLY_STOPPING}
     return training_validate(raw=raw, where="update.training",
                              optimizer_object=lambda value: object_or_empty(value, where="update.training.optimizer"))
 

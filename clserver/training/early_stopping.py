@@ -2,7 +2,7 @@
 
 `training.early_stopping` is null (train every epoch) or an object of `EARLY_STOPPING_PARAMS`. The
 plugin scores the model on held-out data after each epoch, keeps the best weights, and after
-`patience` epochs without an improvement of at least `min_delta` (never before `min_epochs`) puts
+`patience` epochs without an improvement of more than `min_delta` (never before `min_epochs`) puts
 them back and calls Avalanche's `strategy.stop_training()`. It scores on arrays directly rather than
 through Avalanche's `EarlyStoppingPlugin`, which reads a metric from the evaluator after a periodic
 `strategy.eval` on a stream: the loop's evaluator computes no metrics (they cost time on every run),
@@ -31,12 +31,12 @@ EARLY_STOPPING_PARAMS = (
     Param("min_delta", "float", 0.0, "The smallest change that counts as an improvement (accuracy: a fraction, "
           "0.01 is one point).", min=0.0, max=1000.0),
     Param("validation_fraction", "float", 0.1, "Experiments: the fraction of each experience's training data "
-          "held out to decide on (by the seed; not trained on). A deployment update decides on its "
-          "validation data.", min=0.05, max=0.5),
+          "held out (by the seed; not trained on); an experience stops on the held-out data of every experience "
+          "so far. A deployment update stops on its validation data.", min=0.05, max=0.5),
 )
 EARLY_STOPPING = Param(
     "early_stopping", "object", None, "Stop an experience's (or update's) training when its held-out accuracy or "
-    "loss stops improving, e.g. {\"patience\": 2}; null trains every epoch.", nullable=True,
+    "loss stops improving, e.g. {\"patience\": 2}; null (the default) trains every epoch.", nullable=True,
     fields=EARLY_STOPPING_PARAMS)
 
 
@@ -63,7 +63,8 @@ def holdout_indices(*, n: int, fraction: float, seed: int, index: int) -> tuple[
     return np.sort(order[n_hold:]), np.sort(order[:n_hold])
 
 
-def stream_held_out(*, stream: Stream, fraction: float, seed: int) -> tuple[Stream, list[tuple[np.ndarray, np.ndarray]]]:
+def stream_held_out(*, stream: Stream, fraction: float,
+                    seed: int) -> tuple[Stream, list[tuple[np.ndarray, np.ndarray]]]:
     """The stream with `fraction` of each experience's training data held out, and the held-out (x, y) of each."""
     train, held = [], []
     for j, (x, y) in enumerate(stream.train):
@@ -79,7 +80,7 @@ def no_improvement(patience: int) -> str:
 
 class EarlyStoppingPlugin(LivePlugin):
     """Scores the model on `held_out` (x, y arrays, set before each `train`) after every epoch; stops
-    training as the options say and leaves the best-scoring weights in the model. `epochs_trained` and
+    training as the options say, leaving the best-scoring weights in the model. `epochs_trained` and
     `stopped` describe the last experience trained."""
 
     def __init__(self, *, options: dict[str, Any], batch: int = 1024) -> None:
@@ -112,11 +113,12 @@ class EarlyStoppingPlugin(LivePlugin):
         waited = self.epochs_trained - self.best_epoch
         stop = (not last and self.epochs_trained >= self.options["min_epochs"]
                 and waited >= self.options["patience"])
-        if (stop or last) and self.best_epoch != self.epochs_trained and self.best_state is not None:
-            # The weights kept are the best on the held-out data, before any plugin's after_training_exp
-            # (a replay buffer, EWC's importances, LwF's teacher) sees the model.
-            strategy.model.load_state_dict(self.best_state)
         if stop:
+            # As Avalanche's plugin does: the best weights come back when it stops (here before any plugin's
+            # after_training_exp, a replay buffer, EWC's importances, LwF's teacher, sees the model); a run
+            # that trains every epoch ends as it would without early stopping.
+            if self.best_state is not None:
+                strategy.model.load_state_dict(self.best_state)
             self.stopped = no_improvement(self.options["patience"])
             strategy.stop_training()  # Avalanche ends the epoch loop before the next epoch
 

@@ -145,7 +145,7 @@ class ExperimentRun:
         self.stream = stream = source.load()
         self.early_stopping, held_out = None, []
         if early := early_stopping_on(training):
-            # Each experience trains on what is not held out; the held-out part decides when it stops.
+            # Each experience trains on what is not held out of it.
             stream, held_out = stream_held_out(stream=stream, fraction=early["validation_fraction"],
                                                seed=training["seed"])
             self.stream = stream
@@ -178,7 +178,8 @@ class ExperimentRun:
             self.job.check_cancel()
             self.job.update(experience=i, epoch=0)
             if self.early_stopping is not None:
-                parts = held_out if self.offline else [held_out[i]]
+                # It stops on the held-out part of every experience so far: what it has learned, not only the last.
+                parts = held_out if self.offline else held_out[:i + 1]
                 self.early_stopping.held_out = (np.concatenate([p[0] for p in parts]),
                                                 np.concatenate([p[1] for p in parts]))
             try:

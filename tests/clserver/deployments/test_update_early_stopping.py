@@ -1,5 +1,5 @@
-"""A deployment update stops training once its validation accuracy stops improving (on by default) and
-records how many epochs it trained and why it stopped; `"early_stopping": null` trains every epoch."""
+"""A deployment update with `training.early_stopping` stops once its validation accuracy stops improving and
+records how many epochs it trained and why it stopped; without it (the default) it trains every epoch."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -76,7 +76,9 @@ def test_an_update_stops_when_it_has_learned_and_a_null_option_trains_every_epoc
     created = api.post("/api/deployments/", {"name": "prod", "source": {"exp_name": "digits"},
                                              "detector": {"name": "ks"},
                                              "update": {"trigger": "manual", "min_samples": 50,
-                                                        "training": {"epochs": EPOCHS}}}, format="json")
+                                                        "training": {"epochs": EPOCHS,
+                                                                     "early_stopping": {"patience": 2}}}},
+                           format="json")
     assert created.status_code == 201, created.json()
     assert created.json()["update"]["training"]["early_stopping"]["patience"] == 2
     te = digits["te"]
@@ -102,7 +104,9 @@ def test_an_update_stops_when_it_has_learned_and_a_null_option_trains_every_epoc
     assert stopped["cost"]["samples_processed"] < full["cost"]["samples_processed"]
 
 
-def test_a_bad_early_stopping_option_of_an_update_is_refused_with_one_sentence(api, experiment):
+def test_updates_train_every_epoch_unless_asked_and_a_bad_option_is_refused_with_one_sentence(api, experiment):
+    plain = api.post("/api/deployments/", {"name": "plain", "source": {"exp_name": "digits"}}, format="json")
+    assert plain.status_code == 201 and plain.json()["update"]["training"]["early_stopping"] is None
     response = api.post("/api/deployments/", {"name": "prod", "source": {"exp_name": "digits"},
                                               "update": {"training": {"epochs": 3,
                                                                       "early_stopping": {"min_epochs": 5}}}},
