@@ -43,6 +43,9 @@ def value_for(param: Param) -> st.SearchStrategy[Any]:
         edges = st.sampled_from([low - 1, high + 1, float("nan"), float("inf"), "0.1", False])
     elif param.type == "bool":
         inside, edges = st.booleans(), st.sampled_from([0, 1, "true", None])
+    elif param.type == "object":
+        inside = st.fixed_dictionaries({}, optional={f.name: value_for(f) for f in param.fields})
+        edges = st.sampled_from([[], "{}", 1, {"colour": 1}])
     elif param.type == "int_list":
         inside = st.lists(st.integers(int(math.ceil(low)), min(int(high), 64)), min_size=1, max_size=3)
         edges = st.sampled_from([[], [0], [True], list(range(65)), "64", [1.5]])
@@ -142,10 +145,14 @@ def test_every_parameter_keeps_to_its_schema(label, param, data):
     try:
         out = param.coerce(value, "where")
     except InvalidInput as exc:
-        assert exc.message.startswith(f"where.{param.name} ") and one_sentence(exc.message), exc.message
+        assert exc.message.startswith((f"where.{param.name} ", f"where.{param.name}.")), exc.message
+        assert one_sentence(exc.message), exc.message
         return
     if value is None:
         assert param.nullable and out is None
+        return
+    if param.type == "object":  # every field, each kept to its own schema
+        assert list(out) == [f.name for f in param.fields]
         return
     expected = {"int": int, "float": float, "bool": bool, "str": str, "int_list": list}[param.type]
     assert type(out) is expected and not (param.type in ("int", "float") and isinstance(value, bool))
