@@ -11,7 +11,7 @@ from django.conf import settings
 from claas_site.errors import ApplicationError, InvalidInput
 from claas_site.params import Param, keys_only
 from clserver.training.benchmarks import Source, benchmark_source
-from clserver.training.early_stopping import EARLY_STOPPING, early_stopping_check
+from clserver.training.early_stopping_options import EARLY_STOPPING, early_stopping_check
 from clserver.models import Experiment, JobStatus
 from clserver.names import NAME_MAX_LENGTH, NAME_PATTERN
 from clserver.training.strategies import OPTIMIZERS, STRATEGIES, memory_size

@@ -16,42 +16,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from claas_site.errors import InvalidInput
-from claas_site.params import Param
 from clserver.training.plugins import LivePlugin
 from clserver.training.streams import Stream
 
-METRICS = ("accuracy", "loss")
-MAX_EPOCHS = "max epochs"
-EARLY_STOPPING_PARAMS = (
-    Param("enabled", "bool", True, "Stop early (false trains every epoch)."),
-    Param("patience", "int", 2, "Epochs without an improvement after which training stops.", min=1, max=1000),
-    Param("min_epochs", "int", 1, "Epochs trained before training may stop.", min=1, max=1000),
-    Param("metric", "str", "accuracy", "What must improve on the held-out data.", choices=METRICS),
-    Param("min_delta", "float", 0.0, "The smallest change that counts as an improvement (accuracy: a fraction, "
-          "0.01 is one point).", min=0.0, max=1000.0),
-    Param("validation_fraction", "float", 0.1, "Experiments: the fraction of each experience's training data "
-          "held out (by the seed; not trained on); an experience stops on the held-out data of every experience "
-          "so far. A deployment update stops on its validation data.", min=0.05, max=0.5),
+from clserver.training.early_stopping_options import (  # noqa: F401  (one import place for the runner)
+    EARLY_STOPPING,
+    MAX_EPOCHS,
+    early_stopping_check,
+    early_stopping_on,
 )
-EARLY_STOPPING = Param(
-    "early_stopping", "object", None, "Stop an experience's (or update's) training when its held-out accuracy or "
-    "loss stops improving, e.g. {\"patience\": 2}; null (the default) trains every epoch.", nullable=True,
-    fields=EARLY_STOPPING_PARAMS)
-
-
-def early_stopping_check(*, early_stopping: dict[str, Any] | None, epochs: int, where: str) -> None:
-    """The checks that involve the other training options (one sentence each)."""
-    if early_stopping and early_stopping["min_epochs"] > epochs:
-        raise InvalidInput(f"{where}.early_stopping.min_epochs is {early_stopping['min_epochs']} but "
-                           f"{where}.epochs is {epochs}; it may be at most the epochs.",
-                           details={f"{where}.early_stopping.min_epochs": early_stopping["min_epochs"]})
-
-
-def early_stopping_on(training: dict[str, Any]) -> dict[str, Any] | None:
-    """The early stopping options of `training` when it stops early (options stored before it existed: off)."""
-    options = training.get("early_stopping")
-    return options if options and options.get("enabled", True) else None
 
 
 def holdout_indices(*, n: int, fraction: float, seed: int, index: int) -> tuple[np.ndarray, np.ndarray]:
