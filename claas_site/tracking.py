@@ -158,16 +158,24 @@ def run_table(*, run_id: str, data: dict[str, list[Any]], artifact_file: str) ->
     client().log_table(run_id, data=data, artifact_file=artifact_file)
 
 
+def run_tags(*, run_id: str, tags: dict[str, str]) -> None:
+    c = client()
+    for key, value in tags.items():
+        c.set_tag(run_id, key, value)
+
+
 def run_figure(*, run_id: str, figure: Any, artifact_file: str) -> None:
     client().log_figure(run_id, figure, artifact_file)
 
 
-def run_input(*, run_id: str, x: Any, y: Any, name: str, source: str, context: str) -> str:
-    """Record the data a run trained or was evaluated on (`mlflow.log_input`); returns its digest."""
+def run_input(*, run_id: str, x: Any, y: Any, name: str, context: str, tags: dict[str, str]) -> str:
+    """Record the data a run trained or was evaluated on (`mlflow.log_input`, with its digest); the source
+    names the benchmark through `tags`, never a path of the server. Returns the digest."""
     mlflow = _mlflow()
     import mlflow.data
+    from mlflow.data.code_dataset_source import CodeDatasetSource
 
-    dataset = mlflow.data.from_numpy(x, targets=y, source=source, name=name)
+    dataset = mlflow.data.from_numpy(x, targets=y, source=CodeDatasetSource(tags=tags), name=name)
     with _FLUENT_LOCK:
         with mlflow.start_run(run_id=run_id, nested=False):
             mlflow.log_input(dataset, context=context)

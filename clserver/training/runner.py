@@ -7,13 +7,10 @@ experience, and turns each evaluation into the accuracy matrix, the events and t
 """
 from __future__ import annotations
 
-import contextlib
-import copy
 import logging
-import random
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,6 +33,7 @@ from clserver.training.loop import (  # noqa: F401  (evaluate and stream_to_aval
     stream_to_avalanche,
     strategy_build,
 )
+from clserver.training.mlflow_logging import MlflowExperiencePlugin, run_summary_log
 from clserver.training.plugins import (
     CancelPlugin,
     CheckpointPlugin,
@@ -63,31 +61,6 @@ def initial_model(experiment: Experiment) -> nn.Module:
         path = settings.DATA_DIR / experiment.registered_version.weights_file
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model
-
-
-def cpu_model(model: nn.Module) -> nn.Module:
-    """The model as MLflow should store it: on the CPU, so that it loads on any machine (a copy when
-    training ran on a GPU; the model itself otherwise)."""
-    if all(p.device.type == "cpu" for p in model.parameters()):
-        return model
-    return copy.deepcopy(model).cpu()
-
-
-@contextlib.contextmanager
-def rng_preserved(model: nn.Module) -> Iterator[None]:
-    """MLflow runs the model on the input example; keep that from shifting the training RNG."""
-    torch_state, np_state, py_state = torch.get_rng_state(), np.random.get_state(), random.getstate()
-    cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    was_training = model.training
-    try:
-        yield
-    finally:
-        torch.set_rng_state(torch_state)
-        np.random.set_state(np_state)
-        random.setstate(py_state)
-        if cuda_state is not None:
-            torch.cuda.set_rng_state_all(cuda_state)
-        model.train(was_training)
 
 
 class ExperimentRun:
@@ -137,6 +110,9 @@ class ExperimentRun:
 
     def _run(self) -> None:
         opts, training = self.options, self.training
+        # The MLflow run exists from the start (a run cancelled or failed before its first experience is in
+        # MLflow too), and is started before seeding so that nothing it does can shift the seeded RNGs.
+        self.tracker.run_id = self._mlflow_run()
         RNGManager.set_random_seeds(training["seed"])
         device = resolve_device(training["device"])
         _, source = benchmark_source(name=opts["benchmark"]["name"],
@@ -168,7 +144,6 @@ class ExperimentRun:
         self.state = self._state(start, resumed)
         if not self.state["initial_accuracy"]:
             self.state["initial_accuracy"] = evaluate(strategy.model, stream, device, training["eval_mb_size"])
-        self.tracker.run_id = self._mlflow_run()
         if resumed:
             self.event("resumed", {"from_experience": start, "attempt": self.experiment.attempts})
 
@@ -202,8 +177,14 @@ class ExperimentRun:
             DivergencePlugin(progress=self.progress, experience=lambda: self.current),
             *([self.early_stopping] if self.early_stopping is not None else []),
             StreamEvaluationPlugin(evaluate=evaluate_model, on_evaluated=self._experience_done),
+            MlflowExperiencePlugin(tracker=self.tracker, step=lambda: self.current, figures=lambda: self.figures,
+                                   example=lambda: self.stream.test[0][0][:2],
+                                   on_logged=self.state_after_logging),
             CheckpointPlugin(path=self.checkpoint, on_saved=self._checkpoint_saved, on_failed=self._checkpoint_failed),
         ]
+
+    def state_after_logging(self, model_uri: str | None) -> None:
+        self.state["mlflow_models"].append(model_uri)
 
     def _checkpoint_saved(self) -> None:
         self.event("checkpoint", {"experience": self.current})
@@ -277,16 +258,10 @@ class ExperimentRun:
             "stream_accuracy": metrics.stream_accuracy(row, sizes),
         }
         state["experiences"].append(record)
-        if self.run_id:
-            step_metrics = {"stream_accuracy": record["stream_accuracy"], "experience_accuracy": record["accuracy"],
-                            "train_time_s": train_time, "samples_processed": samples,
-                            **{f"accuracy_exp_{j}": a for j, a in enumerate(row)}}
-            self.tracker(tracking.run_metrics, run_id=self.run_id, metrics=step_metrics, step=i)
-        if self.run_id:
-            with rng_preserved(model):
-                logged = self.tracker(tracking.model_log, run_id=self.run_id, model=cpu_model(model),
-                                      input_example=stream.test[0][0][:2], name=f"experience_{i}")
-            state["mlflow_models"].append(logged["model_uri"] if logged else None)
+        # The experience's MLflow step (MlflowExperiencePlugin logs it, and the model, right after this).
+        self.figures = {"stream_accuracy": record["stream_accuracy"], "experience_accuracy": record["accuracy"],
+                        "train_time_s": train_time, "samples_processed": samples,
+                        **{f"accuracy_exp_{j}": a for j, a in enumerate(row)}}
         n_units = self.n_units
         progress = (i + 1) / n_units
         partial = self._results(state, sizes, complete=False)
@@ -360,6 +335,8 @@ class ExperimentRun:
             self.tracker(tracking.run_metrics, run_id=self.run_id,
                          metrics={k: results["metrics"][k] for k in ("final_accuracy", "forgetting", "bwt", "fwt")},
                          step=len(state["matrix"]) - 1)
+            results["cost"]["wall_time_s"] = time.perf_counter() - self.started
+            run_summary_log(tracker=self.tracker, options=self.options, stream=self.stream, results=results)
             self.tracker(tracking.run_end, run_id=self.run_id, status="FINISHED")
         results["model"] = model_info
         results["mlflow"] = self._mlflow_info()

@@ -42,11 +42,28 @@ def run(experiment: Experiment) -> Experiment:
     return experiment
 
 
-def test_a_completed_experiment_ends_its_run_finished(transactional_db, user):
+def test_a_completed_experiment_ends_its_run_finished_with_its_matrix_data_strategy_and_cost(transactional_db, user):
+    import json
+
     experiment = run(setup(user, "finished"))
     assert experiment.status == "completed", experiment.error
-    info = mlflow_client().get_run(experiment.mlflow_run_id).info
-    assert info.status == "FINISHED"
+    client = mlflow_client()
+    run_ = client.get_run(experiment.mlflow_run_id)
+    assert run_.info.status == "FINISHED"
+    artifacts = {a.path for a in client.list_artifacts(run_.info.run_id)}
+    assert {"accuracy_matrix.json", "accuracy_matrix.png"} <= artifacts
+    table = json.loads(open(client.download_artifacts(run_.info.run_id, "accuracy_matrix.json")).read())
+    matrix = experiment.results["metrics"]["accuracy_matrix"]
+    assert table["columns"] == ["after_experience", "experience_0", "experience_1"]
+    assert [row[0] for row in table["data"]] == [0, 1]
+    assert [v for row in table["data"] for v in row[1:]] == pytest.approx([v for row in matrix for v in row])
+    inputs = {i.tags[0].value if i.tags else "": i.dataset for i in run_.inputs.dataset_inputs}
+    assert set(inputs) == {"train", "test"}
+    assert inputs["train"].name == "split_digits" and inputs["train"].digest
+    assert json.loads(json.loads(inputs["train"].source)["tags"]["claas.benchmark"])["name"] == "split_digits"
+    assert run_.data.tags["claas.strategy"] == "replay"
+    assert run_.data.metrics["cost_train_time_s"] == pytest.approx(experiment.results["cost"]["train_time_s"])
+    assert run_.data.metrics["cost_samples_processed"] == experiment.results["cost"]["samples_processed"]
 
 
 def test_a_failed_experiment_ends_its_run_failed_with_the_error(transactional_db, user):
