@@ -10,6 +10,7 @@ from rest_framework import serializers
 from clserver.deployments.models import Deployment, DeploymentUpdate, DeploymentVersion, DriftCheck
 from clserver.deployments.paths import registered_name
 from clserver.deployments.selectors import challenger_version, deployment_buffered
+from modelfactory.serializers import DownloadSerializer, downloads
 
 # GET /api/deployments/<name> lists this many of the latest drift checks (all are stored).
 DETAIL_CHECKS = 200
@@ -102,6 +103,9 @@ class DeploymentVersionSerializer(serializers.Serializer):
     served_at = serializers.DateTimeField(allow_null=True, help_text="When it first became the champion.")
     mlflow_version = BlankAsNullField()
     created_at = serializers.DateTimeField()
+    downloads = serializers.SerializerMethodField(help_text="The version as state_dict, pt2 (torch.export) and "
+                                                            "TorchScript where the architecture allows, each with "
+                                                            "the line that loads it without CLaaS.")
 
     def get_is_champion(self, version: DeploymentVersion) -> bool:
         return version.version == self.context["champion"]
@@ -110,6 +114,12 @@ class DeploymentVersionSerializer(serializers.Serializer):
     def get_aliases(self, version: DeploymentVersion) -> list[str]:
         return (["champion"] if version.version == self.context["champion"] else []) + (
             ["challenger"] if version.version == self.context["challenger"] else [])
+
+    @extend_schema_field(DownloadSerializer(many=True))
+    def get_downloads(self, version: DeploymentVersion) -> list[dict[str, str]]:
+        d = version.deployment
+        return downloads(base=f"/api/deployments/{d.name}/versions/{version.version}/download",
+                         architecture=d.architecture)
 
 
 class DeploymentSummarySerializer(serializers.Serializer):

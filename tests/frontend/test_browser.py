@@ -285,6 +285,14 @@ def test_deployment_page_follows_drift_checks_an_update_and_a_rollback(page: Pag
     expect(root).to_have_attribute("data-champion", "1")
     expect(page.locator('#versions-table tr[data-version="1"] .badge.champion')).to_be_visible()
     assert gina.get("/api/deployments/digits-prod").json()["champion_version"] == 1
+    # Each version downloads in the formats that load without CLaaS, the load line beside each.
+    newest = page.locator('#versions-table tr[data-version="2"]')
+    expect(newest.locator(".download")).to_have_count(3)
+    expect(newest.locator('.download[data-format="pt2"] .load-line')).to_have_text(
+        "model = torch.export.load(path).module()")
+    with page.expect_download() as download_info:
+        newest.get_by_role("link", name="torch.export (.pt2)").click()
+    assert download_info.value.suggested_filename == "digits-prod-v2.pt2"
 
 
 def test_register_a_model_and_upload_weights_as_a_new_version(page: Page, gina, tmp_path: Path):

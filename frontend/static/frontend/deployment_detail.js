@@ -74,7 +74,7 @@
     const versions = [...(d.versions || [])].sort((a, b) => b.version - a.version);
     const body = document.querySelector("#versions-table tbody");
     if (!versions.length) {
-      body.replaceChildren(el("tr", {}, el("td", { colspan: 5, class: "empty" }, "No versions.")));
+      body.replaceChildren(el("tr", {}, el("td", { colspan: 6, class: "empty" }, "No versions.")));
       return;
     }
     body.replaceChildren(...versions.map((v) => {
@@ -88,6 +88,7 @@
         el("td", { class: "small" }, [v.origin, v.decision].filter(Boolean).join(" · ") || "—"),
         el("td", { class: "num" }, fmt.pct(v.validation_accuracy)),
         el("td", { class: "subtle small" }, fmt.date(v.created_at)),
+        el("td", { class: "downloads" }, ...window.CLaaS.downloadLinks(v.downloads)),
         el("td", {}, canRollBack ? el("button", { class: "btn small rollback", "data-version": v.version,
                                                   onclick: () => rollback(v.version) }, "Roll back to this") : ""));
     }));

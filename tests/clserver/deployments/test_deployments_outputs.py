@@ -22,7 +22,7 @@ DETAIL_KEYS = SUMMARY_KEYS + ["username", "champion", "buffered_samples", "drift
 CHECK_KEYS = ["id", "created_at", "detector", "n_samples", "is_drift", "p_val", "distance", "threshold",
               "champion_version", "details"]
 VERSION_KEYS = ["version", "origin", "decision", "is_champion", "aliases", "validation_accuracy", "metrics",
-                "memory_size", "served_at", "mlflow_version", "created_at"]
+                "memory_size", "served_at", "mlflow_version", "created_at", "downloads"]
 UPDATE_KEYS = ["id", "status", "job_status", "decision", "trigger", "reason", "error", "base_version",
                "candidate_version", "n_samples", "champion_accuracy", "candidate_accuracy", "metrics", "cost",
                "options", "attempts", "drift_check", "created_at", "started_at", "finished_at"]
