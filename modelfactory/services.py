@@ -211,7 +211,7 @@ def model_version_export(*, version: ModelVersion, format: str) -> tuple[Path, s
 # --- MLflow ----------------------------------------------------------------------------------
 def _mirror(*, version: ModelVersion, model: nn.Module) -> str | None:
     """Register the version in MLflow; on failure the version stays and the reason is returned."""
-    from claas_site import tracking
+    from modelfactory.mirror import model_version_mirror
 
     registered = version.model
     tags = {
@@ -223,7 +223,7 @@ def _mirror(*, version: ModelVersion, model: nn.Module) -> str | None:
     # Two rows: torch.export keeps a batch of one fixed, and logged models take any batch size.
     example = torch.zeros(2, *registered.params["input_shape"]).numpy()
     try:
-        mirrored = tracking.model_version_mirror(
+        mirrored = model_version_mirror(
             username=registered.owner.username, name=registered.name, version=version.version, model=model,
             input_example=example, state_dict_path=str(model_version_path(version=version)), tags=tags,
             description=registered.description,
