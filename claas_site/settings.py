@@ -23,6 +23,19 @@ def _env_int(name: str, default: int) -> int:
     return int(value) if value not in (None, "") else default
 
 
+def _env_float(name: str, default: float, *, min_value: float, max_value: float) -> float:
+    value = os.environ.get(name)
+    if value in (None, ""):
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not min_value <= number <= max_value:  # NaN fails too
+        raise ValueError(f"{name} must be a number from {min_value:g} to {max_value:g}; it is {value!r}.")
+    return number
+
+
 def _env_rate(name: str, default: str) -> str | None:
     """A DRF throttle rate such as "120/min"; "off" or empty means no limit."""
     value = os.environ.get(name, default).strip().lower()
@@ -253,6 +266,9 @@ PREDICT_FAST_PATH = (_env_bool("CLAAS_PREDICT_FAST_PATH", True)
                      and REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["predict"] is None)
 # Threads of the fast path's pool (database lookup and forward pass, off the event loop).
 PREDICT_THREADS = max(1, _env_int("CLAAS_PREDICT_THREADS", 4))
+# How long, at most, concurrent predict calls on one champion version wait to be gathered into one
+# forward pass (clserver/serving/batching.py), in milliseconds; a call alone never waits; 0 turns it off.
+PREDICT_BATCH_MS = _env_float("CLAAS_PREDICT_BATCH_MS", 2.0, min_value=0.0, max_value=1000.0)
 
 # --- per-user quotas (claas_site/quotas.py); 0 lifts a quota ---------------------------------
 QUOTA_CONCURRENT_EXPERIMENTS = _env_int("CLAAS_QUOTA_CONCURRENT_EXPERIMENTS", 4)

@@ -16,6 +16,11 @@ an unknown token or deployment, invalid inputs, a body over the limit, a host no
 handed to Django unchanged, body included, which answers exactly as it would without this layer
 (tests/clserver/serving/test_predict_fast_agreement.py), errors in the API's format.
 `CLAAS_PREDICT_FAST_PATH=0` turns the layer off.
+
+Concurrent calls on the same champion version are micro-batched (clserver/serving/batching.py):
+lookup and parsing run per call on the pool, then the calls gathered within `CLAAS_PREDICT_BATCH_MS`
+run as one forward pass, each answered with its own rows and the version its lookup found. A call
+alone runs at once; `CLAAS_PREDICT_BATCH_MS=0` runs every call's forward pass on its own.
 """
 from __future__ import annotations
 
@@ -24,13 +29,16 @@ import json
 import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any, Awaitable, Callable
 
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
 from django.http.request import split_domain_port, validate_host
+
+from clserver.serving.batching import PredictBatcher, one_compute_thread, predict_many
 
 logger = logging.getLogger(__name__)
 
@@ -128,9 +136,12 @@ class PredictFastPath:
 
     def __init__(self, app: Callable[..., Awaitable[None]], threads: int | None = None) -> None:
         self.app = app
+        self.window_s = settings.PREDICT_BATCH_MS / 1000
         self.executor = ThreadPoolExecutor(max_workers=threads or settings.PREDICT_THREADS,
-                                           thread_name_prefix="predict")
+                                           thread_name_prefix="predict",
+                                           initializer=one_compute_thread if self.window_s > 0 else None)
         self.headers = _headers()
+        self.batcher: PredictBatcher | None = None  # made on the event loop at the first call
         proxy = settings.SECURE_PROXY_SSL_HEADER
         # (header as ASGI names it, value meaning https): Django's is_secure reads it in place of the scheme.
         self.proxy_ssl = ((proxy[0].removeprefix("HTTP_").replace("_", "-").lower().encode(), proxy[1].encode())
@@ -147,13 +158,37 @@ class PredictFastPath:
         replay = self._replaying(body, receive)
         if not complete:
             return await self.app(scope, replay, send)
-        loop = asyncio.get_running_loop()
-        answer = await loop.run_in_executor(self.executor, self._answer_or_none, token, match["name"], body)
+        answer = await self._answered(token, match["name"], body)
         if answer is None:
             return await self.app(scope, replay, send)
         await send({"type": "http.response.start", "status": 200,
                     "headers": [*self.headers, (b"content-length", str(len(answer)).encode())]})
         await send({"type": "http.response.body", "body": answer})
+
+    async def _answered(self, token: str, name: str, body: bytes) -> bytes | None:
+        """The answer's body, or None for Django to answer: on the pool, and batched when that is on."""
+        loop = asyncio.get_running_loop()
+        if self.window_s <= 0:
+            return await loop.run_in_executor(self.executor, self._answer_or_none, token, name, body, None)
+        if self.batcher is None:
+            self.batcher = PredictBatcher(loop=loop, executor=self.executor, window_s=self.window_s)
+        batcher = self.batcher
+        batcher.expect()
+        joined = False
+        try:
+            work = await loop.run_in_executor(self.executor, self._answer_or_none, token, name, body, batcher)
+            if not isinstance(work, Prepared):
+                return work
+            joined = True
+            waiter = batcher.join(work.key, work.x, work.run)
+        finally:
+            if not joined:
+                batcher.leave()
+        try:
+            return await waiter
+        except Exception:  # the batch's forward pass failed: Django serves this call again, errors in its format
+            logger.exception("predict fast path: a batched forward pass failed; Django answers instead")
+            return None
 
     @staticmethod
     def enabled() -> bool:
@@ -257,14 +292,16 @@ class PredictFastPath:
         return replay
 
     # --- the work (on the pool) ----------------------------------------------------------------
-    def _answer_or_none(self, token: str, name: str, body: bytes) -> bytes | None:
+    def _answer_or_none(self, token: str, name: str, body: bytes,
+                        batcher: PredictBatcher | None) -> bytes | Prepared | None:
         try:
-            return self._answer(token, name, body)
+            return self._answer(token, name, body, batcher)
         except Exception:  # Django serves it again and answers in the API's error format
             logger.exception("predict fast path failed; Django answers instead")
             return None
 
-    def _answer(self, token: str, name: str, body: bytes) -> bytes | None:
+    def _answer(self, token: str, name: str, body: bytes, batcher: PredictBatcher | None) -> bytes | Prepared | None:
+        """The answer (no batcher, or this call alone), the call ready to join a batch, or None for Django."""
         from claas_site.errors import ApplicationError
         from clserver.serving import cache as serving
         from clserver.deployments.data import inputs_parse
@@ -291,6 +328,22 @@ class PredictFastPath:
         model = serving.model_cached(deployment_key=row["deployment_key"], version=row["version"],
                                      architecture=row["architecture"], params=params,
                                      weights_file=row["weights_file"])
-        predictions = serving.model_predict(model, x)
-        answer = {"predictions": predictions.tolist(), "model_version": row["version"]}
-        return json.dumps(answer, separators=(",", ":")).encode()
+        prepared = Prepared(key=(*row["deployment_key"], row["version"], row["weights_file"], x.shape[1:], x.dtype.str),
+                            x=x, run=partial(answers_encode, model, row["version"]))
+        if batcher is None or batcher.alone():
+            return prepared.run([x])[0]
+        return prepared
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A call looked up and parsed, ready to join a batch: calls under one key share a model version."""
+    key: tuple
+    x: Any
+    run: Callable[[list[Any]], list[bytes]]
+
+
+def answers_encode(model: Any, version: int, xs: list[Any]) -> list[bytes]:
+    """One forward pass over every call's rows; each call's answer body, with the version that made it."""
+    return [json.dumps({"predictions": p.tolist(), "model_version": version}, separators=(",", ":")).encode()
+            for p in predict_many(model, xs, version=version)]
