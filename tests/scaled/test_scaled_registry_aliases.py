@@ -1,5 +1,5 @@
-"""The deployment's MLflow aliases on a real `mlflow server`: `challenger` marks a rejected update,
-`champion` follows a promotion and each rollback."""
+"""On a real `mlflow server`: the deployment's aliases (`challenger` marks a rejected update, `champion`
+follows a promotion and each rollback) and the experiment runs' end states (FINISHED, FAILED, KILLED)."""
 from __future__ import annotations
 
 import time
@@ -129,3 +129,46 @@ def test_champion_and_challenger_follow_updates_and_rollbacks_on_a_real_mlflow_s
                                                                      "challenger": mlflow_v2}
     finally:
         scaled.service.kill_worker(light)
+
+
+def run_on_server(tracking, run_name: str, status: str, timeout: float = 60):
+    """gale's MLflow run named `run_name`, once it has `status` (runs end in a worker), else as last seen."""
+    experiment = tracking.get_experiment_by_name("claas/gale")
+    deadline, found = time.time() + timeout, None
+    while time.time() < deadline:
+        runs = tracking.search_runs([experiment.experiment_id], f"attributes.run_name = '{run_name}'")
+        found = runs[0] if runs else None
+        if found is not None and found.info.status == status:
+            break
+        time.sleep(0.5)
+    print(f"run {run_name}: {found and found.info.status} (claas.error {found and found.data.tags.get('claas.error')!r})")
+    return found
+
+
+def test_experiment_runs_end_finished_failed_or_killed_on_a_real_mlflow_server(scaled, gale):
+    from mlflow import MlflowClient
+
+    tracking = MlflowClient(tracking_uri=scaled.mlflow_url)
+    assert run_on_server(tracking, SOURCE["exp_name"], "FINISHED").info.status == "FINISHED"
+
+    # MAS at Avalanche's own default strength blows up under SGD at lr 0.1 in its second experience.
+    diverges = {"exp_name": "diverges", "benchmark": {"name": "split_digits", "n_experiences": 2, "seed": 3},
+                "model": {"architecture": "simple_mlp", "params": {"hidden_size": 32}},
+                "strategy": {"name": "mas", "params": {"lambda_reg": 1.0}},
+                "training": {"epochs": 2, "train_mb_size": 32, "device": "cpu"}}
+    assert gale.post("/base-scenario/setup/", diverges).status_code == 201
+    assert gale.post("/base-scenario/gale/exec/diverges").status_code == 202
+    failed = gale.wait_status("diverges", timeout=300)
+    assert failed["status"] == "failed"
+    run = run_on_server(tracking, "diverges", "FAILED")
+    assert run.info.status == "FAILED" and "diverged" in run.data.tags["claas.error"]
+
+    slow = {**SOURCE, "exp_name": "cancelled", "training": {**SOURCE["training"], "epochs": 500}}
+    assert gale.post("/base-scenario/setup/", slow).status_code == 201
+    assert gale.post("/base-scenario/gale/exec/cancelled").status_code == 202
+    deadline = time.time() + 120
+    while time.time() < deadline and not gale.get("/base-scenario/gale/status/cancelled").json().get("epoch"):
+        time.sleep(0.3)  # training has begun (its first epoch is counted)
+    assert gale.post("/api/experiments/cancelled/cancel").status_code in (200, 202)
+    assert gale.wait_status("cancelled", timeout=120)["status"] == "cancelled"
+    assert run_on_server(tracking, "cancelled", "KILLED").info.status == "KILLED"
