@@ -1,10 +1,15 @@
-"""ASGI entry point: HTTP through Django (token `predict` calls by a fast path), websockets through Channels."""
+"""ASGI entry point: HTTP through Django (token `predict` calls by a fast path, hot reads on a thread pool),
+websockets through Channels."""
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "claas_site.settings")
-django_asgi_app = get_asgi_application()
+django.setup(set_prefix=False)  # as get_asgi_application() does
+
+from clserver.serving.pooled_reads import PooledReadsHandler  # noqa: E402  (needs Django set up first)
+
+django_asgi_app = PooledReadsHandler()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set up first)
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402

@@ -269,6 +269,9 @@ PREDICT_THREADS = max(1, _env_int("CLAAS_PREDICT_THREADS", 4))
 # How long, at most, concurrent predict calls on one champion version wait to be gathered into one
 # forward pass (clserver/serving/batching.py), in milliseconds; a call alone never waits; 0 turns it off.
 PREDICT_BATCH_MS = _env_float("CLAAS_PREDICT_BATCH_MS", 2.0, min_value=0.0, max_value=1000.0)
+# Threads that answer the hot reads (status, results, events, detail endpoints, /healthz) with the
+# synchronous middleware chain (clserver/serving/pooled_reads.py); 0 leaves them to Django's ASGI handler.
+READ_THREADS = max(0, _env_int("CLAAS_READ_THREADS", 4))
 
 # --- per-user quotas (claas_site/quotas.py); 0 lifts a quota ---------------------------------
 QUOTA_CONCURRENT_EXPERIMENTS = _env_int("CLAAS_QUOTA_CONCURRENT_EXPERIMENTS", 4)

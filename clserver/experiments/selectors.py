@@ -32,6 +32,8 @@ def path_public(path: str) -> str:
 
 def text_paths_hidden(text: str) -> str:
     """`text` (an error message) with paths under the data dir made relative to it."""
+    if not text:  # no error (every status answer of a healthy run): no need to resolve the data dir
+        return text
     for root in {str(settings.DATA_DIR), str(Path(settings.DATA_DIR).resolve())}:
         # The root itself, not a longer name that starts with it (/data/x, not /data/x2).
         text = re.sub(re.escape(root) + r"(/|(?![\w-]|\.\w))", lambda m: "" if m.group(1) else ".", text)
