@@ -1,0 +1,136 @@
+"""Benchmark 1's part of bench/BENCHMARKS.md: the fair protocol's figures as tables, targets and notes."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from bench.report import Section, Table, Target
+from bench.update_cost import (
+    MEMORY,
+    MODEL,
+    OPTIMIZER,
+    STRATEGY,
+    TARGETS,
+    THREADS,
+    TRAIN_MB,
+    FULL,
+    Config,
+    _sum,
+)
+
+
+def _ratio(value: float, span: tuple[float, float]) -> str:
+    return f"{value:.1f}x ({span[0]:.1f}-{span[1]:.1f})"
+
+
+def section(config: Config, rule: dict[str, Any], results: list[tuple[str, dict[str, Any]]]) -> Section:
+    section = Section(1, "Update cost: stateful replay (DER) update against retraining from scratch")
+    shown_rule = {k: rule[k] for k in ("patience", "min_epochs", "metric", "min_delta", "validation_fraction")}
+    section.setup = (
+        f"Both arms: `simple_mlp` (hidden {MODEL['params']['hidden_size']}, dropout "
+        f"{MODEL['params']['drop_rate']:g}), SGD lr {OPTIMIZER['lr']} momentum {OPTIMIZER['momentum']}, "
+        f"minibatch {TRAIN_MB}, CPU, {THREADS} torch thread, and the same stopping rule: "
+        f"`training.early_stopping` `{json.dumps(shown_rule)}` (the product's defaults), "
+        f"at most {config.max_epochs} epochs. Each experience's training data loses the held-out fraction "
+        f"(the runner's split, by the seed), and each training stops on the held-out part of every experience "
+        f"so far, keeping its best weights. **Stateful update**: one model, updated at each new experience "
+        f"from the previous model with the `{STRATEGY['name']}` strategy (Dark Experience Replay, DER++) and "
+        f"params `{json.dumps(STRATEGY['params'])}`: a memory of "
+        f"{MEMORY} samples (class-balanced, reservoir within each class) with the model's logits for each, "
+        f"one memory minibatch beside each new-data minibatch, loss = cross-entropy on the new data + alpha x "
+        f"MSE to the stored logits + beta x cross-entropy on the memory labels. **Cumulative retraining**: at "
+        f"each new experience a fresh model (same architecture, same initial weights, same optimizer and rule) "
+        f"trained from scratch on all the training data so far, until it stops improving. "
+        f"{len(config.seeds)} repetitions (seeds {', '.join(map(str, config.seeds))}: initial weights, "
+        f"shuffling and held-out split) of the whole stream, both arms in each; figures are the median over "
+        f"the repetitions, with the range (min-max) in brackets. Time is `strategy.train()` only (the "
+        f"runner's timer, the per-epoch held-out scoring included); samples are those that went through the "
+        f"model in training, memory samples included. Accuracy is the mean test accuracy over the "
+        f"experiences seen so far, after the update. The uploaded stream is sklearn's digits in a random "
+        f"order (each digit {config.copies}x) rotated by an angle that grows slowly from 0 to 90 degrees along "
+        f"the rows, uploaded as NPZ through the dataset service and cut by the `dataset` benchmark's "
+        f"`time_ordered` scenario.")
+    rows = []
+    for _, r in results:
+        (acc_s, acc_c), ((lo_s, hi_s), (lo_c, hi_c)) = r["accuracy"], r["accuracy_range"]
+        rows.append([
+            r["name"], _ratio(r["last_time_ratio"], r["last_time_ratio_range"]), f"{r['last_samples_ratio']:.1f}x",
+            f"{r['last_epochs'][0]:g} / {r['last_epochs'][1]:g}",
+            _ratio(r["total_time_ratio"], r["total_time_ratio_range"]), f"{r['total_samples_ratio']:.1f}x",
+            f"{r['mean_epochs'][0]:.1f} / {r['mean_epochs'][1]:.1f}",
+            f"{acc_s:.3f} ({lo_s:.3f}-{hi_s:.3f})", f"{acc_c:.3f} ({lo_c:.3f}-{hi_c:.3f})",
+            f"{r['gap'] * 100:+.1f} ({r['gap_range'][0] * 100:+.1f} to {r['gap_range'][1] * 100:+.1f})"])
+    section.tables.append(Table(
+        ["stream", "last update: time ratio", "samples ratio", f"epochs {STRATEGY['name']} / cumulative",
+         "whole stream: time ratio", "samples ratio", "mean epochs per update", f"final acc. {STRATEGY['name']}",
+         "final acc. cumulative", "gap (points)"],
+        rows, f"Medians over the repetitions (range in brackets). Ratios are cumulative retraining over the "
+        f"`{STRATEGY['name']}` update (higher: the update is cheaper); the gap is cumulative minus "
+        f"`{STRATEGY['name']}` in points, per seed, then its median."))
+    rows = []
+    for _, r in results:
+        for rep in r["repetitions"]:
+            s, c = rep["stateful"], rep["cumulative"]
+            rows.append([r["name"], rep["seed"], s[-1]["time_s"], c[-1]["time_s"], f"{rep['last_time_ratio']:.1f}x",
+                         f"{rep['last_samples_ratio']:.1f}x", f"{rep['last_epochs'][0]} / {rep['last_epochs'][1]}",
+                         _sum(s, "time_s"), _sum(c, "time_s"), f"{rep['total_time_ratio']:.1f}x",
+                         f"{rep['total_samples_ratio']:.1f}x", rep["accuracy"][0], rep["accuracy"][1],
+                         f"{rep['gap'] * 100:+.1f}"])
+    section.tables.append(Table(
+        ["stream", "seed", f"last: {STRATEGY['name']} s", "last: cumulative s", "time ratio", "samples ratio",
+         "epochs", f"all: {STRATEGY['name']} s", "all: cumulative s", "time ratio", "samples ratio",
+         f"final acc. {STRATEGY['name']}", "final acc. cumulative", "gap"], rows, "Each repetition:"))
+    for _, r in results:
+        first = r["repetitions"][0]
+        rows = [[i + 1, a["time_s"], a["samples"], a["epochs"], b["time_s"], b["samples"], b["epochs"],
+                 f"{b['time_s'] / a['time_s']:.1f}x", f"{b['samples'] / a['samples']:.1f}x", a["accuracy"],
+                 b["accuracy"]] for i, (a, b) in enumerate(zip(first["stateful"], first["cumulative"]))]
+        section.tables.append(Table(
+            ["update", f"{STRATEGY['name']} s", "samples", "epochs", "cumulative s", "samples", "epochs",
+             "time ratio", "samples ratio", f"{STRATEGY['name']} acc.", "cumulative acc."], rows,
+            f"**{r['name']}**, update by update (seed {first['seed']}):"))
+    full = config == FULL  # the quick smoke version's small streams are not what the targets are about
+    for key, r in results:
+        ratio, gap = TARGETS[key]
+        section.targets.append(Target(f"{r['name']}: last-update cost ratio (time, median)",
+                                      f"{r['last_time_ratio']:.1f}x", f">= {ratio:g}x",
+                                      r["last_time_ratio"] >= ratio if full else None))
+        section.targets.append(Target(f"{r['name']}: final accuracy, cumulative minus {STRATEGY['name']} (median)",
+                                      f"{r['gap'] * 100:+.2f} points", f"<= {gap * 100:g} point",
+                                      r["gap"] <= gap + 1e-9 if full else None))
+    most = max(s["epochs"] for _, r in results for rep in r["repetitions"] for s in rep["cumulative"])
+    cap = (f"the cap of {config.max_epochs} epochs is not what stops cumulative retraining (its longest training "
+           f"in this run: {most} epochs)" if most < config.max_epochs else
+           f"the cap of {config.max_epochs} epochs stopped cumulative retraining at least once in this run")
+    section.notes.append(
+        f"Fair by construction: one rule, one held-out split, one model and optimizer for both arms; {cap}. The "
+        "stateful arm's settings are strategy params a user sets through the API; no product default was changed "
+        "for it.")
+    section.notes.extend(NOTES)
+    section.data = {"results": [r for _, r in results], "config": config.__dict__, "rule": rule,
+                    "strategy": STRATEGY}
+    return section
+
+
+# How the configuration was chosen: separate exploration runs on this machine (2026-12-02), not this run.
+NOTES = [
+    "Levers measured for the stateful arm (final accuracy on permuted_digits, hidden 1024, patience 3, seed 0 "
+    "unless said; cumulative 0.981). Memory size (alpha/beta 1/1): 500: 0.936, 2000: 0.960, 5000: 0.970, the "
+    "strongest lever, but Avalanche re-concatenates and gathers the DER memory sample by sample at every "
+    "update, a fixed cost that grows with it (half of a 3-epoch update at 5000). alpha/beta at memory 2000: "
+    "0.1/0.5 (the default) 0.954, 0.955 (seeds 0, 1); 0.5/1.0 0.966, 0.965, 0.962 (seeds 0-2); 1.0/0.5 0.962, "
+    "0.965, 0.965; 1.0/1.0 0.960; 2.0/1.0 diverged (0.225, memory 500). Memory minibatch against the new-data "
+    "minibatch of 32: 64: 0.963 at 1.8x the last update's samples; 16 stopped after 4 epochs (0.944 at memory "
+    "3000, 0.921 at 5000). Learning rate (memory 500): 0.1: 0.936, 0.05: 0.935, 0.02: 0.929. Patience "
+    "(memory 2000, 0.5/1.0): 2: 0.962 against 0.981 at 6.5 epochs per update; 3: 0.966 against 0.981 at 8.8.",
+    "Shared levers (patience 2, memory 2000, 0.5/1.0, seed 0): hidden 512: 0.951 against 0.965 (cumulative "
+    "0.977, 0.980 on seeds 1, 2), 1024: 0.962 against 0.981, 2048: 0.966 against 0.984. This benchmark at "
+    "hidden 512 (one full run, seeds 0-2): permuted_digits last update 12.7x in time (8.1-19.7), 24.8x in "
+    "samples, gap +2.5 points (+1.4 to +2.6); uploaded stream 4.1x (2.2-10.7), gap +1.0 (-1.9 to +1.5), in "
+    "about the same time as at 1024: the cost is per minibatch more than per unit. Training minibatch "
+    "64 in both arms: 0.952 against 0.977 (cumulative needing 21 epochs). Uploaded stream (hidden 1024, "
+    "patience 3, seeds 0-2; cumulative 0.969, 0.971, 0.960), memory 500: 1.0/1.0 0.947, 0.947, 0.945; "
+    "0.5/1.0 0.945, 0.946, 0.966; default 0.957, 0.950, 0.956; memory 2000, 1.0/1.0: 0.950, 0.945, 0.956. "
+    "No alpha/beta wins on both streams (0.5/1.0 by about a point on permuted_digits, the default ties or "
+    "wins on the uploaded stream), so DER's defaults stay; the benchmark sets 0.5/1.0.",
+]
