@@ -165,6 +165,13 @@ def markdown(figures: dict[str, Any], command: str, started: datetime, load: tup
     for name, row in figures["endpoints"].items():
         lines.append(f"| {name} | {row['requests']} | {row['rps']:.1f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | "
                      f"{row['max_ms']:.1f} |")
+    rates = {name: row["rps"] for name, row in figures["endpoints"].items()}
+    if {"status", "results", "predict"} <= set(rates):
+        for name in ("status", "results"):
+            ratio = rates[name] / max(rates["predict"], 1e-9)
+            lines.append("")
+            lines.append(f"Target: `{name}` at least half of `predict`'s requests per second: {ratio:.2f} "
+                         f"({'met' if ratio >= 0.5 and not figures['errors'] else 'not met'}).")
     lines += ["", f"**Errors: {figures['errors']}** (any answer other than 200, or none)."
               + (f" First: {figures['first_errors']}" if figures["errors"] else ""), "",
               "Reading: one web process serves every request; its threads share the Python interpreter lock, "
