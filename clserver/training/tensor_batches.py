@@ -8,21 +8,31 @@ happen in the same order, so training gives the same model, faster. Strategies t
 minibatch beside each training minibatch from a loader of their own (DER, ER-ACE: `replay_loader`)
 get the same treatment for that loader. Anything else (transforms, worker processes, datasets too
 large to hold twice) keeps Avalanche's loader.
+
+Gathering itself indexes in bulk (`bulk_columns`): an Avalanche dataset's tree of concatenations, subsets,
+tensor datasets and data attributes (DER's stored logits) is resolved to index arrays, so a replay
+memory rebuilt at every update costs a few tensor copies rather than a Python call per sample.
 """
 from __future__ import annotations
 
 from typing import Any, Iterator, Sequence
 
+import numpy as np
 import torch
+from avalanche.benchmarks.utils.classification_dataset import _TensorClassificationDataset
+from avalanche.benchmarks.utils.data import AvalancheDataset
 from avalanche.benchmarks.utils.data_loader import MultiDatasetDataLoader
+from avalanche.benchmarks.utils.flat_data import ConstantSequence, FlatData, LazyIndices, LazyRange
 from avalanche.training.utils import cycle
 from avalanche.core import SupervisedPlugin
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, TensorDataset
 
 # Gathered tensors are a second copy of the experience's data: beyond this, keep Avalanche's loader.
 MAX_BYTES = 1 << 30
 # On a GPU the gathered tensors live on the device (no host-to-device copy per minibatch) up to this.
 MAX_DEVICE_BYTES = 512 << 20
+# Tensor datasets whose samples are plain rows of their tensors (labels as Python numbers for Avalanche's).
+_TENSOR_GETITEMS = (TensorDataset.__getitem__, _TensorClassificationDataset.__getitem__)
 
 
 def transform_free(data: Any) -> bool:
@@ -47,7 +57,9 @@ def gather(datasets: Sequence[Any], collate_fn: Any) -> list[torch.Tensor] | Non
     for data in datasets:
         if len(data) == 0:
             continue
-        batch = collate_fn([data[i] for i in range(len(data))])
+        batch = bulk_columns(data, collate_fn)
+        if batch is None:
+            batch = collate_fn([data[i] for i in range(len(data))])
         if not isinstance(batch, (list, tuple)) or not all(
                 isinstance(t, torch.Tensor) and t.dim() > 0 and len(t) == len(data) for t in batch):
             return None
@@ -58,6 +70,136 @@ def gather(datasets: Sequence[Any], collate_fn: Any) -> list[torch.Tensor] | Non
     if sum(t.element_size() * t.numel() for t in tensors) > MAX_BYTES:
         return None
     return tensors
+
+
+# Samples checked against the per-sample path before a bulk gather is trusted (first, middle, last).
+_PROBES = 3
+
+
+def bulk_columns(data: Any, collate_fn: Any) -> list[torch.Tensor] | None:
+    """`collate_fn([data[i] for i in range(len(data))])` by tensor indexing, without a call per sample:
+    the dataset's tree (Avalanche datasets, their concatenations and subsets, tensor datasets, data
+    attributes such as DER's stored logits) is resolved to index arrays once. None where some part of
+    the tree is of a kind not handled here, or where the result differs, on a few probe samples, from
+    what the per-sample path collates (dtype, shape or value): the caller then takes that path."""
+    n = len(data)
+    try:
+        columns = _columns(data, np.arange(n, dtype=np.int64))
+    except (AttributeError, IndexError, TypeError, ValueError, RuntimeError):
+        return None
+    if not columns or any(not isinstance(c, torch.Tensor) or len(c) != n for c in columns):
+        return None
+    probes = sorted({0, n // 2, n - 1})[:_PROBES]
+    expected = collate_fn([data[i] for i in probes])
+    if not isinstance(expected, (list, tuple)) or len(expected) != len(columns):
+        return None
+    index = torch.as_tensor(probes, dtype=torch.long)
+    for got, want in zip(columns, expected):
+        if not isinstance(want, torch.Tensor) or want.dtype != got.dtype or not torch.equal(got[index], want):
+            return None
+    return columns
+
+
+def _positions(data: Any) -> np.ndarray | None:
+    """A FlatData's subset indices as an array (None: no subset, the concatenation itself)."""
+    indices = data._indices
+    if indices is None:
+        return None
+    if isinstance(indices, LazyIndices):
+        if isinstance(indices, LazyRange):
+            return np.arange(len(indices), dtype=np.int64) + (indices._start + indices._offset)
+        indices._to_eager()
+        return np.asarray(indices._eager_list, dtype=np.int64)
+    return np.asarray(indices, dtype=np.int64)
+
+
+def _split(data: Any, idx: np.ndarray) -> list[tuple[Any, np.ndarray, np.ndarray]]:
+    """Where the samples `idx` of a FlatData live: (dataset, indices in it, positions in `idx`) per dataset."""
+    subset = _positions(data)
+    flat = subset[idx] if subset is not None else idx
+    if len(data._datasets) == 1:
+        return [(data._datasets[0], flat, np.arange(len(idx)))]
+    ends = np.asarray(data._cumulative_sizes, dtype=np.int64)
+    which = np.searchsorted(ends, flat, side="right")
+    starts = np.concatenate([[0], ends[:-1]])
+    parts = []
+    for k in np.unique(which):
+        at = np.nonzero(which == k)[0]
+        parts.append((data._datasets[int(k)], flat[at] - starts[k], at))
+    return parts
+
+
+def _merge(n: int, parts: list[tuple[list[torch.Tensor], np.ndarray]]) -> list[torch.Tensor] | None:
+    """Columns of n samples from the columns of each part and the positions they go to."""
+    if len(parts) == 1 and len(parts[0][1]) == n and np.array_equal(parts[0][1], np.arange(n)):
+        return parts[0][0]
+    first = parts[0][0]
+    if any(len(cols) != len(first) or any(c.dtype != f.dtype or c.shape[1:] != f.shape[1:]
+                                          for c, f in zip(cols, first)) for cols, _ in parts):
+        return None
+    out = [f.new_empty((n, *f.shape[1:])) for f in first]
+    for cols, at in parts:
+        where = torch.from_numpy(at)
+        for o, c in zip(out, cols):
+            o[where] = c
+    return out
+
+
+def _columns(data: Any, idx: np.ndarray) -> list[torch.Tensor] | None:
+    """The collated fields of samples `idx` of a transform-free dataset, or None."""
+    if isinstance(data, AvalancheDataset):
+        columns = _columns(data._flat_data, idx)
+        if columns is None:
+            return None
+        for attribute in data._data_attributes.values():
+            if attribute.use_in_getitem:
+                values = _values(attribute.data, idx)
+                if values is None:
+                    return None
+                columns = [*columns, values]
+        return columns
+    if isinstance(data, FlatData):
+        parts = []
+        for part, local, at in _split(data, idx):
+            columns = _columns(part, local)
+            if columns is None:
+                return None
+            parts.append((columns, at))
+        return _merge(len(idx), parts)
+    if isinstance(data, TensorDataset) and type(data).__getitem__ in _TENSOR_GETITEMS:
+        index = torch.from_numpy(idx)
+        columns = [t[index] for t in data.tensors]
+        if isinstance(data, _TensorClassificationDataset):
+            # Its labels come out as Python numbers (`.item()`), which collate to 64 bits.
+            label = columns[1]
+            columns[1] = label.to(torch.int64 if not label.is_floating_point() and label.dtype != torch.bool
+                                  else torch.float64 if label.is_floating_point() else torch.bool)
+        return columns
+    return None
+
+
+def _values(data: Any, idx: np.ndarray) -> torch.Tensor | None:
+    """One value per sample (a data attribute: task labels, DER's logits) for samples `idx`, collated."""
+    if isinstance(data, ConstantSequence):
+        return torch.tensor([data._constant_value] * len(idx))
+    if isinstance(data, torch.Tensor):
+        return data[torch.from_numpy(idx)]
+    if isinstance(data, FlatData):
+        parts = []
+        for part, local, at in _split(data, idx):
+            values = _values(part, local)
+            if values is None:
+                return None
+            parts.append(([values], at))
+        merged = _merge(len(idx), parts)
+        return merged[0] if merged is not None else None
+    if isinstance(data, (list, tuple)):
+        picked = [data[i] for i in idx.tolist()]
+        if picked and all(isinstance(v, torch.Tensor) for v in picked):
+            return torch.stack(picked)
+        if all(type(v) is int for v in picked):
+            return torch.tensor(picked)
+    return None
 
 
 class _Batches:

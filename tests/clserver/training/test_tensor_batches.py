@@ -119,3 +119,78 @@ def test_the_gathered_copy_is_dropped_after_each_experience(stream):
     data = _datasets(stream)
     strategy.train(benchmark_from_datasets(train=data, test=data).train_stream[0], eval_streams=[])
     assert plugin.used == 1 and type(strategy.dataloader).__name__ != "TensorBatchLoader"
+
+
+def _der_memory(stream, mem_size: int, n_experiences: int = 4):
+    """DER's replay memory (labels, task labels and stored logits of class-balanced subsets of several
+    experiences) after a short training on a permuted stream."""
+    from clserver.training.runner import stream_to_avalanche
+    from clserver.training.streams import permuted
+
+    x, y = load_digits_arrays()
+    keep = np.random.RandomState(1).permutation(len(y))[:600]
+    perm = permuted(x[keep], y[keep], n_experiences=n_experiences, seed=1, test_size=0.2, input_shape=[64],
+                    name="perm")
+    entry = STRATEGIES.get("der", "strategy")
+    RNGManager.set_random_seeds(0)
+    model = architecture_build(architecture="simple_mlp", params=architecture_params(
+        architecture="simple_mlp", params={"num_classes": 10, "input_shape": [64], "hidden_size": 16}))
+    strategy = entry.builder(model, torch.optim.SGD(model.parameters(), lr=0.05), nn.CrossEntropyLoss(), {
+        "train_mb_size": 16, "train_epochs": 1, "eval_mb_size": 64, "device": torch.device("cpu"),
+        "plugins": [TensorBatchesPlugin()], "evaluator": EvaluationPlugin(loggers=[])},
+        **entry.validate({"mem_size": mem_size, "batch_size_mem": 16}, "strategy"))
+    for experience in stream_to_avalanche(perm).train_stream:
+        strategy.train(experience, eval_streams=[])
+    return strategy.storage_policy.buffer
+
+
+@pytest.mark.parametrize("mem_size", [50, 700])
+def test_der_memory_is_gathered_in_bulk_into_the_tensors_sample_by_sample_collation_gives(stream, mem_size):
+    """The memory is gathered by index arrays, not by a call per sample, and the tensors are those the
+    per-sample path gives: the same dtypes, the same bits, in the same order."""
+    from torch.utils.data import default_collate
+
+    from clserver.training.tensor_batches import bulk_columns, gather
+
+    buffer = _der_memory(stream, mem_size)
+    assert len(buffer) == min(mem_size, 4 * 480)
+    expected = default_collate([buffer[i] for i in range(len(buffer))])
+    bulk = bulk_columns(buffer, default_collate)
+    assert bulk is not None and len(bulk) == len(expected) == 4  # inputs, labels, task labels, logits
+    assert all(a.dtype == b.dtype and torch.equal(a, b) for a, b in zip(bulk, expected))
+    assert all(torch.equal(a, b) for a, b in zip(gather([buffer], default_collate), expected))
+
+
+def test_replay_memory_concatenated_from_subsets_is_gathered_in_bulk_the_same(stream):
+    """Avalanche's replay memories are concatenations of subsets of several experiences' datasets."""
+    from torch.utils.data import default_collate
+
+    from clserver.training.tensor_batches import bulk_columns
+
+    first, second = _datasets(stream)
+    memory = first.subset([5, 3, 90, 7]).concat(second.subset(range(40, 10, -3))).concat(first.subset([0, 1]))
+    memory = memory.subset([12, 0, 3, 1, 15, 2, 11])
+    expected = default_collate([memory[i] for i in range(len(memory))])
+    bulk = bulk_columns(memory, default_collate)
+    assert bulk is not None
+    assert all(a.dtype == b.dtype and torch.equal(a, b) for a, b in zip(bulk, expected))
+
+
+def test_datasets_of_other_kinds_are_gathered_sample_by_sample(stream):
+    """A dataset whose samples come from code of its own is not indexed in bulk: gather asks it per sample."""
+    from torch.utils.data import Dataset, default_collate
+
+    from avalanche.benchmarks.utils import AvalancheDataset
+    from clserver.training.tensor_batches import bulk_columns, gather
+
+    class Squares(Dataset):
+        def __len__(self):
+            return 6
+
+        def __getitem__(self, i):
+            return torch.tensor([float(i * i)]), i
+
+    data = AvalancheDataset([Squares()])
+    assert bulk_columns(data, default_collate) is None
+    x, y = gather([data], default_collate)
+    assert x.flatten().tolist() == [0.0, 1.0, 4.0, 9.0, 16.0, 25.0] and y.tolist() == list(range(6))
