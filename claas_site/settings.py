@@ -355,6 +355,10 @@ else:
         "consumer": _CONSUMER,
     }
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    # One cache for the machine's web processes (./claas run starts several): a SQLite file, so that
+    # sign-in limits and write throttles count once across processes (claas_site/shared_cache.py).
+    CACHES = {"default": {"BACKEND": "claas_site.shared_cache.SQLiteCache",
+                          "LOCATION": str(DATA_DIR / "cache.sqlite3")}}
 
 # A running job writes a heartbeat this often; a job silent for longer than the timeout is
 # taken as abandoned by its worker and re-queued (at most JOB_MAX_ATTEMPTS times).
