@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import statistics
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,35 +20,23 @@ import numpy as np
 from bench.harness import Context
 from bench.report import Section
 
-# Both arms: one wide hidden layer without dropout. Cumulative retraining does better without dropout too,
-# and DER's stored logits (taken in eval mode) match the training outputs only then.
-MODEL = {"architecture": "simple_mlp", "params": {"hidden_size": 1024, "drop_rate": 0.0}}
-OPTIMIZER = {"name": "sgd", "lr": 0.1, "momentum": 0.9}
-# The stateful arm: Dark Experience Replay (DER++: labels and stored logits of the memory samples), as a
-# user sets it through the API (strategy params); bench/update_cost_report.py's NOTES say how each was chosen.
-MEMORY = 2000
-STRATEGY = {"name": "der", "params": {"mem_size": MEMORY, "batch_size_mem": 32, "alpha": 0.5, "beta": 1.0}}
-# The rule both arms stop by: `training.early_stopping` with the product's defaults (patience 2), on the
-# held-out part of every experience so far. MAX_EPOCHS is only a cap: both arms stop before it.
-MAX_EPOCHS = 30
-SEEDS = (0, 1, 2)
-TRAIN_MB = 32
-EVAL_MB = 256
-DRIFT_DATASET = "drifting-digits"
-TARGETS = {"permuted": (14.0, 0.01), "uploaded": (5.0, 0.01)}  # last-update time ratio, accuracy gap
-
-
-@dataclass
-class Config:
-    permuted_experiences: int
-    ordered_experiences: int
-    max_epochs: int
-    copies: int  # how many times the drifting dataset holds each digit
-    seeds: tuple[int, ...]
-
-
-FULL = Config(permuted_experiences=20, ordered_experiences=10, max_epochs=MAX_EPOCHS, copies=3, seeds=SEEDS)
-QUICK = Config(permuted_experiences=4, ordered_experiences=3, max_epochs=3, copies=1, seeds=SEEDS)
+from bench.update_cost_config import (  # noqa: F401  (the settings, shared with the report)
+    DRIFT_DATASET,
+    EVAL_MB,
+    FULL,
+    MAX_EPOCHS,
+    MEMORY,
+    MODEL,
+    OPTIMIZER,
+    QUICK,
+    SEEDS,
+    STRATEGY,
+    TARGETS,
+    THREADS,
+    TRAIN_MB,
+    Config,
+    _sum,
+)
 
 
 def stopping_rule() -> dict[str, Any]:
@@ -236,10 +223,6 @@ def warm_up(stream: Any, rule: dict[str, Any]) -> None:
         arm.step(strategy, scenario.train_stream[i], i)
 
 
-def _sum(steps: list[dict[str, Any]], key: str) -> float:
-    return sum(s[key] for s in steps)
-
-
 def repetition(stream: Any, seed: int, rule: dict[str, Any], epochs: int) -> dict[str, Any]:
     stateful = stateful_arm(stream, seed, rule, epochs)
     cumulative = cumulative_arm(stream, seed, rule, epochs)
@@ -283,9 +266,6 @@ def compare(name: str, stream: Any, config: Config, rule: dict[str, Any], ctx: C
             "train_samples_per_experience": [int(len(t[1])) for t in stream.train], "repetitions": reps, **summary}
 
 
-# One torch thread for both arms: on a small shared machine more threads make timings erratic (threads
-# spin while another process holds the core).
-THREADS = 1
 
 
 def run(ctx: Context) -> Section:

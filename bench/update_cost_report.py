@@ -5,7 +5,7 @@ import json
 from typing import Any
 
 from bench.report import Section, Table, Target
-from bench.update_cost import (
+from bench.update_cost_config import (
     MEMORY,
     MODEL,
     OPTIMIZER,

@@ -1,0 +1,45 @@
+"""Benchmark 1's settings, shared by the benchmark (bench/update_cost.py) and its report
+(bench/update_cost_report.py)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# Both arms: one wide hidden layer without dropout. Cumulative retraining does better without dropout too,
+# and DER's stored logits (taken in eval mode) match the training outputs only then.
+MODEL = {"architecture": "simple_mlp", "params": {"hidden_size": 1024, "drop_rate": 0.0}}
+OPTIMIZER = {"name": "sgd", "lr": 0.1, "momentum": 0.9}
+# The stateful arm: Dark Experience Replay (DER++: labels and stored logits of the memory samples), as a
+# user sets it through the API (strategy params); bench/update_cost_report.py's NOTES say how each was chosen.
+MEMORY = 2000
+STRATEGY = {"name": "der", "params": {"mem_size": MEMORY, "batch_size_mem": 32, "alpha": 0.5, "beta": 1.0}}
+# The rule both arms stop by: `training.early_stopping` with the product's defaults (patience 2), on the
+# held-out part of every experience so far. MAX_EPOCHS is only a cap: both arms stop before it.
+MAX_EPOCHS = 30
+SEEDS = (0, 1, 2)
+TRAIN_MB = 32
+EVAL_MB = 256
+DRIFT_DATASET = "drifting-digits"
+TARGETS = {"permuted": (14.0, 0.01), "uploaded": (5.0, 0.01)}  # last-update time ratio, accuracy gap
+
+
+@dataclass
+class Config:
+    permuted_experiences: int
+    ordered_experiences: int
+    max_epochs: int
+    copies: int  # how many times the drifting dataset holds each digit
+    seeds: tuple[int, ...]
+
+
+FULL = Config(permuted_experiences=20, ordered_experiences=10, max_epochs=MAX_EPOCHS, copies=3, seeds=SEEDS)
+QUICK = Config(permuted_experiences=4, ordered_experiences=3, max_epochs=3, copies=1, seeds=SEEDS)
+
+
+# One torch thread for both arms: on a small shared machine more threads make timings erratic (threads
+# spin while another process holds the core).
+THREADS = 1
+
+
+def _sum(steps: list[dict[str, Any]], key: str) -> float:
+    return sum(s[key] for s in steps)
