@@ -122,10 +122,13 @@ def sync() -> int:
     """Run by ./claas setup with the venv's Python after installing the locks: remove what they don't
     hold (left from an earlier lock), so that the environment is exactly the locks."""
     import importlib.metadata
+    import sysconfig
 
     wanted = {**pinned(RUNTIME), **pinned(TEST)}
     keep = {"pip", "claas-client"}
-    extra = sorted({normalize(d.metadata["Name"]) for d in importlib.metadata.distributions()} - set(wanted) - keep)
+    site = [sysconfig.get_paths()["purelib"]]
+    installed = {normalize(d.metadata["Name"]) for d in importlib.metadata.distributions(path=site)}
+    extra = sorted(installed - set(wanted) - keep)
     if extra:
         print(f"==> removing packages the locks no longer hold: {', '.join(extra)}", flush=True)
         subprocess.run([sys.executable, "-m", "pip", "uninstall", "--quiet", "--yes", *extra], check=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import re
+import sysconfig
 import tomllib
 
 import pytest
@@ -53,7 +54,9 @@ def test_the_environment_is_exactly_the_locks():
     """What ./claas setup installed: every pinned version, and nothing the locks leave out."""
     lock = lock_module()
     wanted = {**pins("requirements.lock"), **pins("requirements-test.lock")}
-    installed = {lock.normalize(d.metadata["Name"]): d.version for d in importlib.metadata.distributions()}
+    # The venv's own site-packages: setuptools, once imported, puts its vendored copies on sys.path too.
+    site = [sysconfig.get_paths()["purelib"]]
+    installed = {lock.normalize(d.metadata["Name"]): d.version for d in importlib.metadata.distributions(path=site)}
     wrong = {name: (version, installed.get(name)) for name, version in wanted.items() if installed.get(name) != version}
     assert not wrong
     assert not set(lock.DROPPED) & set(installed)
