@@ -3,7 +3,9 @@
 `training.early_stopping` is null (train every epoch) or an object of `EARLY_STOPPING_PARAMS`. The
 plugin scores the model on held-out data after each epoch, keeps the best weights, and after
 `patience` epochs without an improvement of more than `min_delta` (never before `min_epochs`) puts
-them back and calls Avalanche's `strategy.stop_training()`. It scores on arrays directly rather than
+them back and calls Avalanche's `strategy.stop_training()`. With `lr_drops`, the first plateaus put the
+best weights back, multiply the learning rate by `lr_drop_factor` and wait `patience` epochs again; the
+experience's own learning rates come back when it ends. It scores on arrays directly rather than
 through Avalanche's `EarlyStoppingPlugin`, which reads a metric from the evaluator after a periodic
 `strategy.eval` on a stream: the loop's evaluator computes no metrics (they cost time on every run),
 and a periodic eval runs every plugin's eval hooks and the evaluator in the middle of training.
@@ -66,10 +68,13 @@ class EarlyStoppingPlugin(LivePlugin):
         self.best: float | None = None
         self.best_epoch = 0
         self.best_state: dict[str, torch.Tensor] | None = None
+        self.lr_drops = 0
+        self.lrs: list[float] | None = None  # the learning rates before the first cut of the experience
 
     def before_training_exp(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
         self.epochs_trained, self.stopped = 0, MAX_EPOCHS
         self.best, self.best_epoch, self.best_state = None, 0, None
+        self.lr_drops, self.lrs = 0, None
 
     def after_training_epoch(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
         self.epochs_trained += 1
@@ -86,7 +91,17 @@ class EarlyStoppingPlugin(LivePlugin):
         waited = self.epochs_trained - self.best_epoch
         stop = (not last and self.epochs_trained >= self.options["min_epochs"]
                 and waited >= self.options["patience"])
-        if stop:
+        if stop and self.lr_drops < self.options.get("lr_drops", 0):
+            # A plateau before the last cut: back to the best weights, a smaller step, patience again.
+            if self.best_state is not None:
+                strategy.model.load_state_dict(self.best_state)
+            if self.lrs is None:
+                self.lrs = [group["lr"] for group in strategy.optimizer.param_groups]
+            for group in strategy.optimizer.param_groups:
+                group["lr"] *= self.options.get("lr_drop_factor", 0.1)
+            self.lr_drops += 1
+            self.best_epoch = self.epochs_trained
+        elif stop:
             # As Avalanche's plugin does: the best weights come back when it stops (here before any plugin's
             # after_training_exp, a replay buffer, EWC's importances, LwF's teacher, sees the model); a run
             # that trains every epoch ends as it would without early stopping.
@@ -97,6 +112,10 @@ class EarlyStoppingPlugin(LivePlugin):
 
     def after_training_exp(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
         self.best_state = None  # not kept beyond the experience
+        if self.lrs is not None:  # the next experience (or update) starts at the learning rates set
+            for group, lr in zip(strategy.optimizer.param_groups, self.lrs):
+                group["lr"] = lr
+            self.lrs = None
 
     def score(self, model: torch.nn.Module, device: torch.device) -> float:
         """Accuracy or mean cross-entropy of `model` on the held-out data."""

@@ -19,6 +19,11 @@ EARLY_STOPPING_PARAMS = (
     Param("validation_fraction", "float", 0.1, "Experiments: the fraction of each experience's training data "
           "held out (by the seed; not trained on); an experience stops on the held-out data of every experience "
           "so far. A deployment update stops on its validation data.", min=0.05, max=0.5),
+    Param("lr_drops", "int", 0, "Learning-rate cuts before training stops: at a plateau the best weights come back, "
+          "the learning rate is multiplied by lr_drop_factor and patience starts again, this many times; 0 stops "
+          "at the first plateau.", min=0, max=10),
+    Param("lr_drop_factor", "float", 0.1, "What each of the lr_drops multiplies the learning rate by.",
+          min=0.001, max=0.99),
 )
 EARLY_STOPPING = Param(
     "early_stopping", "object", None, "Stop an experience's (or update's) training when its held-out accuracy or "

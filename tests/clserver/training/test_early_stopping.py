@@ -67,7 +67,7 @@ def test_early_stopping_is_off_unless_given_and_given_is_filled_with_defaults(ap
     on = api.post(SETUP, {"exp_name": "on", "training": {"early_stopping": {"patience": 3}}}, format="json").json()
     assert on["options"]["training"]["early_stopping"] == {
         "enabled": True, "patience": 3, "min_epochs": 1, "metric": "accuracy", "min_delta": 0.0,
-        "validation_fraction": 0.1}
+        "validation_fraction": 0.1, "lr_drops": 0, "lr_drop_factor": 0.1}
     assert [f["name"] for f in EARLY_STOPPING.describe()["fields"]] == list(on["options"]["training"]["early_stopping"])
 
 
