@@ -29,6 +29,7 @@ from bench.update_cost_config import (  # noqa: F401  (the settings, shared with
     MODEL,
     OPTIMIZER,
     QUICK,
+    RULE,
     SEEDS,
     STRATEGY,
     TARGETS,
@@ -40,10 +41,10 @@ from bench.update_cost_config import (  # noqa: F401  (the settings, shared with
 
 
 def stopping_rule() -> dict[str, Any]:
-    """`training.early_stopping` as a user who turns it on with `{}` gets it: the product's defaults."""
+    """`training.early_stopping` as a user who sets it to `RULE` gets it: the product's defaults but `RULE`."""
     from clserver.training.early_stopping_options import EARLY_STOPPING_PARAMS
 
-    return {**{p.name: p.default for p in EARLY_STOPPING_PARAMS}, "enabled": True}
+    return {**{p.name: p.default for p in EARLY_STOPPING_PARAMS}, "enabled": True, **RULE}
 
 
 def drifting_digits(copies: int, seed: int = 0, max_angle: float = 90.0) -> tuple[np.ndarray, np.ndarray]:
