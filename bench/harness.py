@@ -42,7 +42,7 @@ class Context:
 
     # --- the live service --------------------------------------------------------------------
     def service(self) -> Any:
-        """daphne + one `run_huey` worker in their own data dir; the web start-up is timed."""
+        """The web process + one `run_huey` worker in their own data dir; the web start-up is timed."""
         if self._service is None:
             from tests.service import LiveService
 
@@ -92,14 +92,13 @@ def _django_ready() -> bool:
 
 
 def web_start_timed(live: Any, poll_s: float = 0.02) -> dict[str, Any]:
-    """Spawn daphne and time it to the first 200 from /healthz (polled every `poll_s`)."""
+    """Spawn the web process (uvicorn, as `./claas run` starts one) and time it to the first 200 from /healthz (polled every `poll_s`)."""
     import requests
 
-    from tests.service import daphne_command
+    from tests.service import web_command
 
     started = time.perf_counter()
-    live.web = live._spawn("web", [*daphne_command(), "-b", "127.0.0.1", "-p", str(live.port),
-                                   "claas_site.asgi:application"])
+    live.web = live._spawn("web", web_command(live.port))
     deadline = started + 120
     while time.perf_counter() < deadline:
         if live.web.poll() is not None:
@@ -116,7 +115,7 @@ def web_start_timed(live: Any, poll_s: float = 0.02) -> dict[str, Any]:
 
 
 def rss_mb(pid: int) -> float:
-    """Resident memory of a process and its children (daphne is one process; children count if any)."""
+    """Resident memory of a process and its children (one web process; children count if any)."""
     import psutil
 
     proc = psutil.Process(pid)

@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.load                 # 50 clients, 30 s; writes its section of bench/BENCHMARKS.md
     .venv/bin/python -m bench.load --clients 10 --seconds 5 --no-record
 
-The service is a live CLaaS (daphne + one worker, production timers and default limits) in a
+The service is a live CLaaS (one uvicorn web process + one worker, production timers and default limits) in a
 scratch data dir. Its one user owns a deployment (for predict) and an experiment that trains
 through the whole window (for status and results). Each client is closed-loop: it sends its
 next request when the previous answer is in; client i asks endpoint i mod 3. An error is any
@@ -154,7 +154,7 @@ def markdown(figures: dict[str, Any], command: str, started: datetime, load: tup
         f"- **Date:** {started:%Y-%m-%d %H:%M} UTC",
         f"- **Machine:** {platform.processor() or platform.machine()}, {_cores()} cores; load average at the start "
         f"{[round(x, 2) for x in load]}",
-        f"- **Set-up:** daphne and one worker on loopback (production timers, default limits); "
+        f"- **Set-up:** one web process (uvicorn) and one worker on loopback (production timers, default limits); "
         f"{figures['clients']} closed-loop clients for {figures['seconds']} s, client i on endpoint i mod 3; "
         "`predict` sends 8 rows of digits to a deployed `simple_mlp`; `status` and `results` read an experiment "
         f"that trained through the window ({figures['training']['epochs_during']} epochs during it).",
@@ -187,12 +187,12 @@ def _cores() -> int:
     return os.cpu_count() or 0
 
 
-def record(section: str, path: Path = RECORD) -> None:
+def record(section: str, path: Path = RECORD, *, start: str = START, end: str = END) -> None:
     """Put the section between its markers in BENCHMARKS.md (appended the first time); the rest stays."""
     text = path.read_text() if path.exists() else "# CLaaS benchmarks\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + section.rstrip("\n") + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text)

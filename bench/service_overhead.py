@@ -137,7 +137,7 @@ def run(ctx: Context) -> Section:
         f"{runs['service'][0]['torch_threads']} torch compute thread(s) in every contender (what the worker trained "
         f"with, `CLAAS_TORCH_THREADS` auto; the scripts get the same through `OMP_NUM_THREADS`); {repeats} rounds, each running the three one after the other (service and plain script take "
         "turns going first); medians shown. **(a) service**: `POST /base-scenario/setup/` and "
-        "`exec` against daphne with one `run_huey` worker; the time is the runner's own timer "
+        "`exec` against the web process with one `run_huey` worker; the time is the runner's own timer "
         "(`results.cost.train_time_s`, the sum of the `strategy.train()` calls), with its progress events "
         "(the row and one event per epoch, one transaction) and heartbeats inside it; the per-epoch losses go "
         "to MLflow in one call after each experience's training. The runner takes each minibatch by indexing "

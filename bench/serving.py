@@ -213,7 +213,7 @@ def run(ctx: Context) -> Section:
         f"`{DEPLOYMENT}` (its version 1 is registered by CLaaS in MLflow as `{info['registered']}` version "
         f"{info['mlflow_version']}), and `mlflow models serve -m models:/{info['registered']}/"
         f"{info['mlflow_version']} --env-manager local` (one uvicorn worker, its default) on the service's own "
-        f"MLflow store. CLaaS is daphne, one process, token authentication on every request. Each request "
+        f"MLflow store. CLaaS is one uvicorn web process, token authentication on every request. Each request "
         f"predicts one row of 64 features (`{{\"inputs\": [[...]]}}` on both). The load generator "
         f"(`bench/loadgen.py`, aiohttp, closed loop: every client sends its next request when the answer "
         f"arrives) runs in its own process on loopback, {seconds:.0f} s per measurement after {warmup:.0f} s "
@@ -250,10 +250,9 @@ def run(ctx: Context) -> Section:
         "MLflow's scoring server is one FastAPI route around `pyfunc.predict`, without authentication or a "
         "database.")
     section.notes.append(
-        "The web process reaps each finished request from daphne's bookkeeping at once and freezes its "
-        "long-lived objects out of the garbage collector (`clserver/serving/daphne_reaping.py`, "
-        "`clserver/serving/long_lived.py`); without that, collector pauses of 1 to 2 ms every 150 or so requests "
-        "set CLaaS's p99, which then tied with MLflow's at 1 client.")
+        "The web process freezes its long-lived objects out of the garbage collector "
+        "(`clserver/serving/long_lived.py`); without that, collector pauses of 1 to 2 ms every 150 or so requests "
+        "set CLaaS's p99.")
     section.data = {"results": [{"clients": c, "claas": a, "mlflow": b} for c, a, b in results],
                     "agreement": [agree, total]}
     return section

@@ -29,7 +29,7 @@ def run(ctx: Context) -> Section:
 
     section = Section(6, "Start-up and memory of the web process")
     section.setup = (
-        "daphne (`claas_site.asgi:application`, the command `./claas run` uses) spawned on a migrated data dir; "
+        "the web process (uvicorn serving `claas_site.asgi:application`, as `./claas run` starts it) spawned on a migrated data dir; "
         "the time runs from the spawn to the first 200 answer of `/healthz` (polled every 20 ms; its checks "
         "reach the database, the job queue and the MLflow store). Resident memory (RSS) of the web process "
         f"right after it is healthy. {len(starts)} start(s): the first of the run, then restarts.")

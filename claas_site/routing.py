@@ -55,7 +55,7 @@ def _trusted(origin: tuple[str, str, int]) -> bool:
 
 
 def _is_secure(scope: dict[str, Any], headers: dict[bytes, bytes]) -> bool:
-    """Whether the browser's page is on https (daphne's websocket scope has no scheme of its own)."""
+    """Whether the browser's page is on https (a server behind a proxy sees plain ws)."""
     if scope.get("scheme") == "wss" or settings.SECURE_SSL_REDIRECT:
         return True  # a site that redirects every page to https (CLAAS_SECURE=1) has no http page
     proxy = settings.SECURE_PROXY_SSL_HEADER  # as Django's request.is_secure() reads it

@@ -104,7 +104,6 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 
 INSTALLED_APPS = [
-    "daphne",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -179,8 +178,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- sign-in limits (claas_site/login_limit.py): password attempts per username and per client address
 # in a window, counted in Django's cache; beyond them a sign-in answers 429, the right password too,
-# until the window ends. "off" lifts a limit. The address is REMOTE_ADDR: behind a proxy, run daphne
-# with --proxy-headers (or lift the address limit, as every client would share the proxy's).
+# until the window ends. "off" lifts a limit. The address is REMOTE_ADDR: behind a proxy, start the web
+# server with --proxy-headers --forwarded-allow-ips=<the proxy's address> (claas_site/web.py passes them
+# to uvicorn), or lift the address limit, as every client would share the proxy's.
 AUTHENTICATION_BACKENDS = ["claas_site.login_limit.LoginLimitedBackend"]
 LOGIN_FAILURES_PER_USERNAME = _env_window("CLAAS_LOGIN_FAILURES", "10/15min")
 LOGIN_FAILURES_PER_ADDRESS = _env_window("CLAAS_LOGIN_FAILURES_PER_IP", "50/15min")
@@ -385,6 +385,5 @@ LOGGING = {
     "loggers": {
         "alembic": {"level": "WARNING"},
         "huey": {"level": "INFO"},
-        "django.channels.server": {"level": "WARNING"},
     },
 }

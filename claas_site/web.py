@@ -1,10 +1,16 @@
-"""The web server of `./claas run`: N daphne processes behind one port.
+"""The web server of `./claas run`: N uvicorn processes behind one port.
 
-`python -m claas_site.web [-b HOST] [-p PORT] [--processes N]` binds the listening socket once and starts
-N `daphne --fd` children that accept from it (the kernel hands each new connection to one of them). N is
-`--processes`, else CLAAS_WEB_PROCESSES, else (0 or unset) the cores this process may run on. With N=1
-it becomes a plain `daphne -b HOST -p PORT` (exec, no launcher left). SIGTERM or SIGINT stops every
-child; when one child exits, the others are stopped and the launcher exits with its code.
+`python -m claas_site.web [-b HOST] [-p PORT] [--processes N] [uvicorn options]` binds the listening socket
+once and starts N `uvicorn --fd` children that accept from it (the kernel hands each new connection to one
+of them). N is `--processes`, else CLAAS_WEB_PROCESSES, else (0 or unset) the cores this process may run
+on. With N=1 it becomes a plain `uvicorn --host HOST --port PORT` (exec, no launcher left). SIGTERM or
+SIGINT stops every child; when one child exits, the others are stopped and the launcher exits with its
+code. Options it does not know go to uvicorn, after its own (`--proxy-headers --forwarded-allow-ips ...`
+behind a proxy that sets X-Forwarded-For).
+
+uvicorn was chosen over daphne, hypercorn and granian by measurement (bench/asgi_servers.py, its
+figures in bench/BENCHMARKS.md); the options below are the ones measured. The body limits are an ASGI
+middleware (clserver/serving/body_limit.py), so they do not depend on the server's internals.
 
 Websocket events reach the sockets of every process: the embedded mode's in-memory channel layer is per
 process, and each socket also tails the database (clserver/live.py), so a worker's event is on every
@@ -21,9 +27,14 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 APPLICATION = "claas_site.asgi:application"
+# httptools parses HTTP/1.1, uvloop runs the event loop, websockets' sans-I/O protocol serves the sockets.
+# No lifespan (Django and Channels have none), no Server header, X-Forwarded-* ignored unless asked for
+# (sign-in limits count REMOTE_ADDR: a client must not choose its own), and 15 s for requests in
+# flight at a stop. The access log follows CLAAS_LOG_LEVEL (INFO writes one line per request).
+SERVER_OPTIONS = ("--http", "httptools", "--loop", "uvloop", "--ws", "websockets-sansio", "--lifespan", "off",
+                  "--no-server-header", "--no-proxy-headers", "--timeout-graceful-shutdown", "15")
 STOP_TIMEOUT_S = 20.0
 BACKLOG = 1024
 
@@ -45,10 +56,16 @@ def processes_default() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def daphne_command() -> list[str]:
-    """daphne's console script beside the interpreter, else `python -m daphne` from the same interpreter."""
-    script = Path(sys.executable).parent / "daphne"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "daphne"]
+def log_level() -> str:
+    return os.environ.get("CLAAS_LOG_LEVEL", "INFO").strip().lower() or "info"
+
+
+def uvicorn_command(*, host: str | None = None, port: int | None = None, fd: int | None = None,
+                    extra: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """One web process: on HOST:PORT, or accepting from the inherited socket `fd`."""
+    where = ["--fd", str(fd)] if fd is not None else ["--host", str(host), "--port", str(port)]
+    return [sys.executable, "-m", "uvicorn", APPLICATION, *SERVER_OPTIONS, "--log-level", log_level(), *where,
+            *extra]
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -81,9 +98,9 @@ def _stop(children: list[subprocess.Popen]) -> None:
             child.wait()
 
 
-def serve(*, host: str, port: int, processes: int, daphne_args: list[str]) -> int:
+def serve(*, host: str, port: int, processes: int, server_args: list[str]) -> int:
     if processes == 1:
-        argv = [*daphne_command(), "-b", host, "-p", str(port), *daphne_args, APPLICATION]
+        argv = uvicorn_command(host=host, port=port, extra=server_args)
         os.execv(argv[0], argv)
     if ":" in host:
         raise SystemExit("Several web processes listen on an IPv4 address; for an IPv6 one set "
@@ -97,7 +114,7 @@ def serve(*, host: str, port: int, processes: int, daphne_args: list[str]) -> in
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    argv = [*daphne_command(), "--fd", str(sock.fileno()), *daphne_args, APPLICATION]
+    argv = uvicorn_command(fd=sock.fileno(), extra=server_args)
     children = [subprocess.Popen(argv, pass_fds=(sock.fileno(),),
                                  preexec_fn=_die_with_parent if sys.platform == "linux" else None)
                 for _ in range(processes)]
@@ -126,11 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-p", "--port", type=int, default=int(os.environ.get("CLAAS_PORT", "8000")))
     parser.add_argument("--processes", type=int, default=None,
                         help="web processes (default: CLAAS_WEB_PROCESSES, else one per core)")
-    args, daphne_args = parser.parse_known_args(argv)
+    args, server_args = parser.parse_known_args(argv)
     if args.processes is not None and args.processes < 0:
         parser.error("--processes must be 0 (one per core) or more")
     processes = args.processes or processes_default()
-    return serve(host=args.bind, port=args.port, processes=processes, daphne_args=daphne_args)
+    return serve(host=args.bind, port=args.port, processes=processes, server_args=server_args)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""A live CLaaS for tests: daphne and real `run_huey` workers in their own processes.
+"""A live CLaaS for tests: the web process (uvicorn, as `./claas run` starts it) and real `run_huey` workers
+in their own processes.
 
 Tests drive it over HTTP like a user would; workers can be killed and restarted.
 """
@@ -21,11 +22,9 @@ PYTHON = sys.executable
 START_TIMEOUT_S = 90
 
 
-def daphne_command() -> list[str]:
-    """daphne's console script beside the interpreter; where there is none (a bundle installed with
-    `pip install --target` puts its scripts in its own bin/), `python -m daphne` from the same interpreter."""
-    script = Path(PYTHON).parent / "daphne"
-    return [str(script)] if script.exists() else [PYTHON, "-m", "daphne"]
+def web_command(port: int, processes: int = 1) -> list[str]:
+    """The web server as `./claas run` starts it (claas_site/web.py); one process execs uvicorn in place."""
+    return [PYTHON, "-m", "claas_site.web", "-b", "127.0.0.1", "-p", str(port), "--processes", str(processes)]
 
 
 def free_port() -> int:
@@ -125,8 +124,7 @@ class LiveService:
         return self
 
     def start_web(self) -> None:
-        self.web = self._spawn("web", [*daphne_command(), "-b", "127.0.0.1", "-p", str(self.port),
-                                       "claas_site.asgi:application"])
+        self.web = self._spawn("web", web_command(self.port))
         self.wait_healthy()
 
     def stop_web(self) -> None:

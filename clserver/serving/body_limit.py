@@ -1,56 +1,39 @@
 """Request bodies are bounded as their headers arrive: too large is 413, large from an anonymous client 401.
 
-daphne's HTTP server (Twisted) receives a whole request body, spooling it to a temporary file,
-before the ASGI application sees the request; a view's checks (of Content-Length, of the caller's
-token) therefore come after the bytes have been taken in. This hooks daphne's request object
-instead, where the headers are known and no byte of the body has been stored:
+An ASGI middleware in front of the application, so the limits hold under any ASGI server. The server
+(uvicorn) buffers at most 64 KiB of a body the application has not asked for and then stops reading
+the connection; here the headers are checked before the application asks for a byte:
 
-- a declared length over the limit is answered 413 at once and the connection closed; a body
-  without a declared length (chunked) is counted as it arrives and cut off at the limit;
-- a body over the anonymous limit (`CLAAS_MAX_ANONYMOUS_BODY_BYTES`), or one of unknown length,
-  must come with credentials Django will accept: a DRF token of an active user, or the session
-  cookie of a live session of an active user. They are checked once, on a thread of the reactor's
-  pool (the ORM refuses to run on the event loop, and a query must not stall every connection),
-  while reading from the connection is paused; what already came in with the headers (one socket
-  read) is kept meanwhile. Without valid credentials a declared body is answered 401 before it is
-  read; an unsized one is cut off at the anonymous limit. Small bodies (sign-in forms, `predict`)
-  are not checked here: Django authenticates them as usual.
+- a declared length (`Content-Length`) over the limit is answered 413 at once, the body unread and
+  the connection closed; a body without a declared length (chunked) is counted as it arrives and cut
+  off with a 413 at the limit;
+- a body over the anonymous limit (`CLAAS_MAX_ANONYMOUS_BODY_BYTES`), or one of unknown length, must
+  come with credentials Django will accept: a DRF token of an active user, or the session cookie of a
+  live session of an active user. They are checked once, on a pool thread (one query), before the body
+  is read. Without valid credentials a declared body is answered 401 unread; an unsized one is cut
+  off at the anonymous limit. Small bodies (sign-in forms, `predict`) are not checked here: Django
+  authenticates them as usual.
 
-Twisted would also parse every multipart or form POST body into memory (all of it, several copies,
-on the event loop) for `request.args`, which daphne never reads; that is switched off per request.
-The hooks mirror daphne's and Twisted's internals of the versions below: another version refuses
-to start until they have been checked against it (tests/claas_site/test_web_process.py).
+A refused request gets the API's error format and `Connection: close`; the application never sees it,
+or (a body cut off in the middle) sees the client leave. The server sends `100 Continue` only when the
+application first asks for the body, so a refused client is never invited to send it.
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
-from typing import Any
+from typing import Any, Awaitable, Callable
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from claas_site.errors import error_body
 
 logger = logging.getLogger(__name__)
 
-# The releases whose WebRequest / HTTPChannel behaviour these hooks (and clserver/serving/daphne_reaping.py's
-# Server hooks) were written against: gotLength is called once the headers and cookies are parsed,
-# before any body byte; handleContentChunk gets every body byte; process runs once the body is whole.
-DAPHNE_VERSION = "4.2.3"
-TWISTED_MAJOR = "26."
-
-
-def daphne_version_check() -> None:
-    """Raise unless daphne and Twisted are the releases the web-process hooks were written for."""
-    import daphne
-    import twisted
-
-    if daphne.__version__ != DAPHNE_VERSION or not twisted.__version__.startswith(TWISTED_MAJOR):
-        raise RuntimeError(
-            f"clserver/serving/body_limit.py and clserver/serving/daphne_reaping.py hook daphne {DAPHNE_VERSION} on "
-            f"Twisted {TWISTED_MAJOR}x; this is daphne {daphne.__version__} on Twisted {twisted.__version__}. "
-            "Check the hooks against these releases, then update DAPHNE_VERSION / TWISTED_MAJOR.")
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 def max_request_bytes() -> int:
@@ -64,44 +47,76 @@ def max_anonymous_bytes() -> int:
 
 
 # --- the answers ---------------------------------------------------------------------------------
-def _response(status: str, message: str, details: dict[str, Any], headers: str = "") -> bytes:
-    body = json.dumps(error_body(message, details)).encode()
-    head = (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n{headers}"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
-    return head + body
+class Refusal:
+    """One refusal: status, the API's error body, extra headers, and what the log says."""
+
+    def __init__(self, status: int, message: str, details: dict[str, Any], log: str,
+                 headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        self.status, self.log = status, log
+        self.body = json.dumps(error_body(message, details)).encode()
+        self.headers = [(b"content-type", b"application/json"), (b"content-length", str(len(self.body)).encode()),
+                        (b"connection", b"close"), *headers]
+
+    async def send(self, send: Send) -> None:
+        logger.warning("refused a request body: %s", self.log)
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+        await send({"type": "http.response.body", "body": self.body, "more_body": False})
 
 
-def refusal_bytes(length: int | None) -> bytes:
-    """The raw 413 response, in the API's error format."""
+def too_large(length: int | None) -> Refusal:
     limit = max_request_bytes()
     message = (f"The request body has {length} bytes; at most {limit} are allowed." if length is not None
                else f"The request body is larger than the limit of {limit} bytes.")
-    return _response("413 Payload Too Large", message, {"limit_bytes": limit})
+    return Refusal(413, message, {"limit_bytes": limit}, f"{_size(length)} (limit {limit})")
 
 
-def unauthenticated_bytes(*, provided: bool) -> bytes:
-    """The raw 401 response to a large body without valid credentials, in the API's error format."""
+def unauthenticated(*, provided: bool, length: int | None) -> Refusal:
     limit = max_anonymous_bytes()
     message = (f"The token or session is not valid; a request body over {limit} bytes needs valid credentials."
                if provided else
                f"Authentication credentials were not provided; a request body over {limit} bytes needs them.")
-    return _response("401 Unauthorized", message, {"limit_bytes": limit}, "WWW-Authenticate: Token\r\n")
+    why = "with invalid credentials" if provided else "without credentials"
+    return Refusal(401, message, {"limit_bytes": limit}, f"{_size(length)} {why}",
+                   ((b"www-authenticate", b"Token"),))
 
 
-def unavailable_bytes() -> bytes:
-    return _response("503 Service Unavailable", "The server could not check the credentials; try again.", {})
+def unavailable() -> Refusal:
+    return Refusal(503, "The server could not check the credentials; try again.", {},
+                   "credentials could not be checked")
 
 
-# --- the credentials, read as Django and DRF will read them --------------------------------------
-def credentials(headers: Any) -> tuple[str, str] | None:
-    """("token", key), ("session", key), or ("invalid", "") from a request's Twisted headers; None if none.
+def _size(length: int | None) -> str:
+    return f"a body of {length} bytes" if length is not None else "an unsized body"
+
+
+# --- what the headers say --------------------------------------------------------------------------
+def declared_length(headers: list[tuple[bytes, bytes]]) -> tuple[int | None, bool]:
+    """(Content-Length or None, whether the body is chunked). A request with neither has no body (0)."""
+    length: int | None = None
+    chunked = False
+    for name, value in headers:
+        if name == b"content-length":
+            try:
+                length = int(value)
+            except ValueError:  # the server refuses these before the application; count it as unsized
+                length = None
+                chunked = True
+        elif name == b"transfer-encoding" and b"chunked" in value.lower():
+            chunked = True
+    if chunked:
+        return None, True
+    return (0 if length is None else length), False
+
+
+def credentials(headers: list[tuple[bytes, bytes]]) -> tuple[str, str] | None:
+    """("token", key), ("session", key), or ("invalid", "") from a request's ASGI headers; None if none.
 
     Repeated headers are joined as Django's ASGI request joins them ("," for Authorization, "; " for
     cookies), so that a repeated Authorization header is as invalid here as it is to DRF.
     """
     from django.http.cookie import parse_cookie
 
-    authorization = headers.getRawHeaders(b"authorization")
+    authorization = [value for name, value in headers if name == b"authorization"]
     if authorization:
         words = b",".join(authorization).split()
         if words and words[0].lower() == b"token":  # DRF's TokenAuthentication takes the request
@@ -111,7 +126,7 @@ def credentials(headers: Any) -> tuple[str, str] | None:
                 return ("token", words[1].decode())
             except UnicodeDecodeError:
                 return ("invalid", "")
-    cookies = headers.getRawHeaders(b"cookie")
+    cookies = [value for name, value in headers if name == b"cookie"]
     if cookies:
         joined = "; ".join(c.decode("latin-1").rstrip("; ") for c in cookies)
         key = parse_cookie(joined).get(settings.SESSION_COOKIE_NAME)
@@ -120,6 +135,7 @@ def credentials(headers: Any) -> tuple[str, str] | None:
     return None
 
 
+# --- the credentials, read as Django and DRF will read them --------------------------------------
 def token_valid(key: str) -> bool:
     """Whether `key` is the DRF token of an active user (one query)."""
     from rest_framework.authtoken.models import Token
@@ -160,119 +176,72 @@ def credentials_valid(kind: str, key: str) -> bool:
         close_old_connections()
 
 
-# --- the hooks -----------------------------------------------------------------------------------
-def _size(length: int | None) -> str:
-    return f"a body of {length} bytes" if length is not None else "an unsized body"
+# --- the middleware --------------------------------------------------------------------------------
+class BodyLimit:
+    """ASGI middleware: HTTP request bodies within the limits, and large ones only from known callers."""
 
+    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
+        self.app = app
 
-def _expects_continue(request: Any) -> bool:
-    """Take `Expect: 100-continue` off the request, so that Twisted does not send the client its go-ahead
-    as the headers end; whether it was there."""
-    expect = request.requestHeaders.getRawHeaders(b"expect")
-    if not expect or expect[0].lower() != b"100-continue":
-        return False
-    request.requestHeaders.removeHeader(b"expect")
-    return getattr(request.channel, "_version", b"HTTP/1.1") == b"HTTP/1.1"  # as Twisted's own check
-
-
-def _refuse(request: Any, answer: bytes, what: str) -> None:
-    _expects_continue(request)  # refused: the client is not invited to send the body
-    request._claas_refused = True
-    request._claas_pending = False
-    old, request.content = request.content, io.BytesIO()  # Twisted rewinds it when the request ends
-    if old is not None:
-        old.close()  # a spooled temporary file goes at once
-    if request.channel is not None:
-        request.channel.transport.write(answer)
-        request.channel.loseConnection()
-    logger.warning("refused a request body: %s", what)
-
-
-def _verify(request: Any, kind: str, key: str, got_length: Any, length: int | None, process: Any) -> None:
-    """Pause reading, check the credentials on a pool thread, then go on or refuse."""
-    from twisted.internet.threads import deferToThread
-
-    request._claas_pending = True
-    go_ahead = _expects_continue(request)  # sent once the credentials are found valid
-    request.channel.transport.pauseProducing()
-    got_length(request, length)  # the content file: what arrived with the headers goes there
-
-    def verdict(valid: bool) -> None:
-        if request._claas_refused or request.channel is None or request._disconnected:
-            return  # the client left meanwhile
-        if not valid:
-            _refuse(request, unauthenticated_bytes(provided=True), f"{_size(length)} with invalid credentials")
-            return
-        request._claas_pending = False
-        if go_ahead:
-            request.channel.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.channel.transport.resumeProducing()
-        if request._claas_process_waiting:  # the whole body came in with the headers
-            process(request)
-
-    def failed(failure: Any) -> None:
-        logger.error("checking a request's credentials failed: %s", failure.getTraceback())
-        if not (request._claas_refused or request.channel is None or request._disconnected):
-            _refuse(request, unavailable_bytes(), "credentials could not be checked")
-
-    deferToThread(credentials_valid, kind, key).addCallbacks(verdict, failed)
-
-
-def daphne_install() -> None:
-    """Hook daphne's request class (once per process); other servers are left alone."""
-    try:
-        from daphne.http_protocol import WebRequest
-    except ImportError:  # pragma: no cover - daphne is a dependency
-        return
-    if getattr(WebRequest, "_claas_body_limit", False):
-        return
-    daphne_version_check()
-    got_length, content_chunk, process = WebRequest.gotLength, WebRequest.handleContentChunk, WebRequest.process
-
-    def gotLength(self: Any, length: int | None) -> None:
-        self._claas_received = 0
-        self._claas_refused = self._claas_pending = self._claas_process_waiting = False
-        self._claas_limit = max_request_bytes()
-        self._parsePOSTFormSubmission = False  # daphne never reads request.args
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = scope.get("headers", [])
+        length, chunked = declared_length(headers)
+        if not chunked and length <= max_anonymous_bytes():
+            return await self.app(scope, receive, send)  # the common case: no body, or a small one
         if length is not None and length > max_request_bytes():
-            _refuse(self, refusal_bytes(length), f"{_size(length)} (limit {max_request_bytes()})")
-            return
-        if length is not None and length <= max_anonymous_bytes():
-            got_length(self, length)
-            return
-        found = credentials(self.requestHeaders)
+            return await too_large(length).send(send)
+        limit = max_request_bytes()
+        found = credentials(headers)
         if found is not None and found[0] == "invalid":
-            _refuse(self, unauthenticated_bytes(provided=True), f"{_size(length)} with a malformed token header")
-        elif found is not None:
-            _verify(self, *found, got_length, length, process)
+            return await unauthenticated(provided=True, length=length).send(send)
+        if found is not None:
+            try:
+                valid = await sync_to_async(credentials_valid, thread_sensitive=False)(*found)
+            except Exception:
+                logger.exception("checking a request's credentials failed")
+                return await unavailable().send(send)
+            if not valid:
+                return await unauthenticated(provided=True, length=length).send(send)
         elif length is not None:
-            _refuse(self, unauthenticated_bytes(provided=False), f"{_size(length)} without credentials")
+            return await unauthenticated(provided=False, length=length).send(send)
         else:  # unsized and anonymous: taken in up to the anonymous limit only
-            self._claas_limit = max_anonymous_bytes()
-            got_length(self, length)
+            limit = max_anonymous_bytes()
+        if not chunked:  # the server stops at the declared length itself
+            return await self.app(scope, receive, send)
+        await Counted(self.app, limit, anonymous=found is None)(scope, receive, send)
 
-    def handleContentChunk(self: Any, data: bytes) -> None:
-        if getattr(self, "_claas_refused", False):
-            return
-        self._claas_received = getattr(self, "_claas_received", 0) + len(data)
-        limit = getattr(self, "_claas_limit", max_request_bytes())
-        if self._claas_received > limit:
-            if limit < max_request_bytes():
-                _refuse(self, unauthenticated_bytes(provided=False), "unsized body without credentials")
-            else:
-                _refuse(self, refusal_bytes(None), f"unsized body over {limit} bytes")
-            return
-        content_chunk(self, data)
 
-    def guarded_process(self: Any) -> Any:
-        if getattr(self, "_claas_refused", False):
-            return None
-        if getattr(self, "_claas_pending", False):
-            self._claas_process_waiting = True  # run once the credentials are found valid
-            return None
-        return process(self)
+class Counted:
+    """One chunked request: its body counted as the application reads it, cut off past `limit`."""
 
-    WebRequest.gotLength = gotLength
-    WebRequest.handleContentChunk = handleContentChunk
-    WebRequest.process = guarded_process
-    WebRequest._claas_body_limit = True
+    def __init__(self, app: Callable[..., Awaitable[None]], limit: int, *, anonymous: bool) -> None:
+        self.app, self.limit, self.anonymous = app, limit, anonymous
+        self.received = 0
+        self.started = self.refused = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def counted_receive() -> dict[str, Any]:
+            if self.refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                self.received += len(message.get("body", b""))
+                if self.received > self.limit:
+                    self.refused = True
+                    if not self.started:
+                        refusal = (unauthenticated(provided=False, length=None) if self.anonymous
+                                   else too_large(None))
+                        await refusal.send(send)
+                    return {"type": "http.disconnect"}  # the application stops reading: the client "left"
+            return message
+
+        async def guarded_send(message: dict[str, Any]) -> None:
+            if self.refused:
+                return  # the refusal is the answer
+            if message["type"] == "http.response.start":
+                self.started = True
+            await send(message)
+
+        await self.app(scope, counted_receive, guarded_send)

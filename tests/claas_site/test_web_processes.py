@@ -4,12 +4,15 @@ stopping the launcher stops every process."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 import os
 import re
 import signal
 import time
 from datetime import datetime
+from http.cookies import SimpleCookie
 from typing import Any, Iterator
+from urllib.parse import urlencode
 
 import aiohttp
 import psutil
@@ -19,6 +22,7 @@ import requests
 from tests.service import PYTHON, LiveService
 
 PROCESSES = 2
+FAILURES_PER_ADDRESS = 4
 EXPERIMENT = {"exp_name": "live", "model": {"architecture": "simple_mlp", "params": {"hidden_size": 32}},
               "benchmark": {"name": "split_digits", "n_experiences": 5, "seed": 1},
               "strategy": {"name": "naive"},
@@ -26,7 +30,7 @@ EXPERIMENT = {"exp_name": "live", "model": {"architecture": "simple_mlp", "param
 
 
 class SeveralWebProcesses(LiveService):
-    """The live service with the launcher of `./claas run` in place of a single daphne."""
+    """The live service with the launcher of `./claas run` in place of a single web process."""
 
     def start_web(self) -> None:
         self.web = self._spawn("web", [PYTHON, "-m", "claas_site.web", "-b", "127.0.0.1", "-p", str(self.port),
@@ -39,7 +43,8 @@ class SeveralWebProcesses(LiveService):
 
 @pytest.fixture(scope="module")
 def several(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeveralWebProcesses]:
-    live = SeveralWebProcesses(tmp_path_factory.mktemp("web-processes")).start()
+    live = SeveralWebProcesses(tmp_path_factory.mktemp("web-processes"),
+                               env={"CLAAS_LOGIN_FAILURES_PER_IP": f"{FAILURES_PER_ADDRESS}/15min"}).start()
     yield live
     live.stop()
 
@@ -136,6 +141,36 @@ def test_a_workers_events_reach_a_websocket_on_each_process_within_a_second_and_
         late = [(message["id"], round(at - datetime.fromisoformat(message["time"]).timestamp(), 2))
                 for at, message in events if datetime.fromisoformat(message["time"]).timestamp() > started]
         assert late and all(delay <= 1.0 for _, delay in late), f"process {pid}: (id, delay s) {late}"
+
+
+def wrong_sign_in(port: int, username: str, *, source: str, forwarded: str) -> int:
+    """A browser's sign-in with a wrong password from the loopback address `source`, claiming to be
+    `forwarded` in X-Forwarded-For; the status of the answer (200: the form again, 429: locked)."""
+    def exchange(method: str, body: str = "", headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30, source_address=(source, 0))
+        connection.request(method, "/accounts/login/", body=body or None,
+                           headers={"X-Forwarded-For": forwarded, "X-Real-IP": forwarded, **(headers or {})})
+        response = connection.getresponse()
+        response.body = response.read().decode()  # type: ignore[attr-defined]
+        connection.close()
+        return response
+
+    form = exchange("GET")
+    cookie = SimpleCookie(form.getheader("Set-Cookie"))["csrftoken"].value
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.body).group(1)  # type: ignore[attr-defined]
+    body = urlencode({"username": username, "password": "wrong", "csrfmiddlewaretoken": token})
+    return exchange("POST", body, {"Cookie": f"csrftoken={cookie}", "Referer": f"http://127.0.0.1:{port}/accounts/login/",
+                                   "Content-Type": "application/x-www-form-urlencoded"}).status
+
+
+def test_sign_in_limits_count_the_real_client_address_not_a_forwarded_one(several):
+    """Every process sees the connection's own address (REMOTE_ADDR); X-Forwarded-For is not believed
+    unless the server is told to trust a proxy, so a client cannot make each attempt look new."""
+    statuses = [wrong_sign_in(several.port, f"nobody-{i}", source="127.0.0.1", forwarded=f"10.0.0.{i}")
+                for i in range(FAILURES_PER_ADDRESS + 1)]
+    assert statuses == [200] * FAILURES_PER_ADDRESS + [429]
+    # Another address on the same machine is its own client: not locked by the first one's failures.
+    assert wrong_sign_in(several.port, "nobody-else", source="127.0.0.2", forwarded="127.0.0.1") == 200
 
 
 def test_stopping_the_launcher_stops_every_web_process(several):

@@ -1,7 +1,7 @@
 """Large request bodies are read only from clients with valid credentials (issue 13, finding 5).
 
-daphne used to take in and spool any body up to the upload limit before Django saw who sent it:
-six anonymous uploads held 2.4 GB of temporary files. Now a body over the anonymous limit, or of
+The web server used to take in and spool any body up to the upload limit before Django saw who sent
+it: six anonymous uploads held 2.4 GB of temporary files. Now a body over the anonymous limit, or of
 unknown length, needs a valid token or session, checked from the headers before the body is read
 (clserver/serving/body_limit.py). Against the live server, by hand-written requests where it matters
 what the server does before the body arrives.
@@ -31,7 +31,7 @@ NOT_VALID = f"The token or session is not valid; a request body over {ANONYMOUS_
 
 @pytest.fixture(scope="module")
 def web(tmp_path_factory) -> Iterator[LiveService]:
-    """daphne alone (no worker)."""
+    """The web process alone (no worker)."""
     live = LiveService(tmp_path_factory.mktemp("anonymous"), workers=0,
                        env={"CLAAS_MAX_ANONYMOUS_BODY_BYTES": str(ANONYMOUS_LIMIT)}).start()
     yield live
@@ -71,7 +71,7 @@ def parsed(answer: bytes) -> tuple[int, dict]:
 
 
 def spooled_files(pid: int) -> int:
-    """Unlinked temporary files the process holds open: where daphne spools request bodies."""
+    """Unlinked temporary files the process holds open: where a spooled request body would be."""
     count = 0
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:
@@ -212,8 +212,8 @@ def test_an_anonymous_small_body_still_reaches_django(web):
 
 
 def test_a_multipart_body_is_not_parsed_into_memory_before_the_application_sees_it(web, token):
-    """Twisted parsed every multipart POST into memory (several copies) for `request.args`, which daphne
-    never reads: a 26 MB upload took the web process 350 MB past its peak."""
+    """The server used to parse every multipart POST into memory (several copies) before the application
+    saw it: a 26 MB upload took the web process 350 MB past its peak."""
     body = b"--x\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f\"\r\n\r\n"
     body += np.random.RandomState(0).bytes(24 * 1024**2) + b"\r\n--x--\r\n"
 
@@ -229,5 +229,5 @@ def test_a_multipart_body_is_not_parsed_into_memory_before_the_application_sees_
     assert response.status_code == 403  # a POST to a page without a CSRF token; the body was not needed
     grown_kib = peak_kib() - before
     print(f"web process peak grew by {grown_kib} KiB for a {len(body)} byte multipart body")
-    # daphne itself hands the body to the application in memory once (24 MiB); Twisted's parse took ten times it.
+    # At most one copy of the body in memory (24 MiB); the old parse took ten times it.
     assert grown_kib < 3 * 24 * 1024, grown_kib

@@ -28,7 +28,7 @@ UPLOAD_LIMIT = 100_000
 
 @pytest.fixture(scope="module")
 def web(tmp_path_factory) -> Iterator[LiveService]:
-    """daphne alone (no worker) with a small upload limit."""
+    """The web process alone (no worker) with a small upload limit."""
     live = LiveService(tmp_path_factory.mktemp("uploads"), workers=0,
                        env={"CLAAS_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT)}).start()
     yield live
