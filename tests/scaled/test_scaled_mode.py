@@ -288,12 +288,11 @@ def sign_in(base_url: str, username: str, password: str) -> int:
 
 def test_sign_in_failures_count_across_web_processes(scaled):
     """Two web processes share the cache in Redis: ten wrong passwords spread over both lock the account."""
-    from tests.service import daphne_command, free_port
+    from tests.service import free_port, web_command
 
     erin = scaled.service.user("erin")
     port = free_port()
-    second = scaled.service._spawn("web", [*daphne_command(), "-b", "127.0.0.1", "-p", str(port),
-                                           "claas_site.asgi:application"])
+    second = scaled.service._spawn("web", web_command(port))
     try:
         other = f"http://127.0.0.1:{port}"
         deadline = time.time() + 120
