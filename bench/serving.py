@@ -132,6 +132,53 @@ class MlflowServer:
                 os.killpg(self.proc.pid, signal.SIGKILL)
 
 
+class DjangoPathServer:
+    """A second CLaaS web process on the same data dir with the predict fast path off
+    (`CLAAS_PREDICT_FAST_PATH=0`): every `predict` through Django's middleware, DRF and the same view."""
+
+    def __init__(self, ctx: Context) -> None:
+        from tests.service import web_command
+
+        self.live = ctx.service()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.argv = web_command(self.port)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, token_header: str, body: dict[str, Any], path: str) -> "DjangoPathServer":
+        env = self.live.env
+        self.live.env = {**env, "CLAAS_PREDICT_FAST_PATH": "0"}
+        try:
+            self.proc = self.live._spawn("web-django-path", self.argv)
+        finally:
+            self.live.env = env
+        deadline = time.perf_counter() + START_TIMEOUT_S
+        while time.perf_counter() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("the web process without the fast path exited:\n" + self.live.logs[-1].read_text()[-3000:])
+            try:
+                if requests.get(self.url + "/healthz", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.05)
+        name, _, value = token_header.partition(":")
+        warm = requests.post(self.url + path, json=body, headers={name: value.strip()}, timeout=120)  # loads the model
+        if warm.status_code != 200:
+            raise RuntimeError(f"predict through Django answered {warm.status_code}: {warm.text[:300]}")
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            import signal
+
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
 def load(ctx: Context, url: str, body: dict[str, Any], headers: list[str], clients: int, seconds: float,
          warmup: float) -> dict[str, Any]:
     """Run bench.loadgen in its own process against `url`."""
@@ -181,24 +228,31 @@ def run(ctx: Context) -> Section:
     ctx.say(f"starting mlflow models serve -m models:/{info['registered']}/{info['mlflow_version']}")
     mlflow = MlflowServer(ctx, info["registered"], info["mlflow_version"]).start()
     ctx.shared["mlflow_start"] = {"to_ping_s": mlflow.start_s, "rss_mb": mlflow.rss_mb()}
+    django_path = DjangoPathServer(ctx)
     try:
         agree, total = same_answers(ctx, mlflow.url)
         body = {"inputs": sample_rows(1).tolist()}
         url, headers = claas_target(ctx)
-        results: list[tuple[int, dict[str, Any], dict[str, Any]]] = []
+        ctx.say("starting a second web process with the predict fast path off (predict through Django)")
+        django_path.start(headers[0], body, url.removeprefix(ctx.client().base_url))
+        django_url = django_path.url + url.removeprefix(ctx.client().base_url)
+        results: list[tuple[int, dict[str, Any], dict[str, Any], dict[str, Any]]] = []
         rounds = 1 if ctx.quick else ROUNDS
         for clients in CONCURRENCY:
-            ours_rounds, theirs_rounds = [], []
+            ours_rounds, theirs_rounds, django_rounds = [], [], []
             for r in range(rounds):
-                ctx.say(f"{clients} client(s), round {r + 1}/{rounds}: CLaaS and mlflow models serve, "
-                        f"{seconds:.0f} s each")
+                ctx.say(f"{clients} client(s), round {r + 1}/{rounds}: CLaaS, CLaaS through Django and mlflow "
+                        f"models serve, {seconds:.0f} s each")
                 claas = lambda: ours_rounds.append(load(ctx, url, body, headers, clients, seconds, warmup))  # noqa: E731
                 theirs = lambda: theirs_rounds.append(  # noqa: E731
                     load(ctx, mlflow.url + "/invocations", body, [], clients, seconds, warmup))
-                for measure in ((claas, theirs) if r % 2 == 0 else (theirs, claas)):
+                via_django = lambda: django_rounds.append(  # noqa: E731
+                    load(ctx, django_url, body, headers, clients, seconds, warmup))
+                for measure in ((claas, via_django, theirs) if r % 2 == 0 else (theirs, via_django, claas)):
                     measure()
             ours, theirs = median_of_rounds(ours_rounds), median_of_rounds(theirs_rounds)
-            results.append((clients, ours, theirs))
+            django = median_of_rounds(django_rounds)
+            results.append((clients, ours, theirs, django))
             ctx.say(f"{clients} client(s): CLaaS {ours['throughput_rps']:.0f} req/s p99 {ours['p99_ms']:.1f} ms; "
                     f"MLflow {theirs['throughput_rps']:.0f} req/s p99 {theirs['p99_ms']:.1f} ms")
         ctx.shared["mlflow_rss_after_load_mb"] = mlflow.rss_mb()
@@ -206,6 +260,7 @@ def run(ctx: Context) -> Section:
         ctx.shared["web_uss_after_load_mb"] = uss_mb(ctx.service().web.pid)
     finally:
         mlflow.stop()
+        django_path.stop()
 
     section = Section(4, "Serving: CLaaS `predict` against `mlflow models serve`")
     section.setup = (
@@ -221,22 +276,24 @@ def run(ctx: Context) -> Section:
         f"round(s), taking turns going first, and each figure is the median over the rounds. Both servers gave the same class for "
         f"{agree} of {total} test rows (MLflow answers logits; CLaaS answers the class).")
     rows = []
-    for clients, ours, theirs in results:
+    for clients, ours, theirs, django in results:
         rows.append([clients, ours["throughput_rps"], theirs["throughput_rps"],
                      f"{ours['throughput_rps'] / max(theirs['throughput_rps'], 1e-9):.2f}x",
                      ours["p50_ms"], theirs["p50_ms"], ours["p99_ms"], theirs["p99_ms"],
-                     f"{ours['errors']} / {theirs['errors']}"])
+                     f"{ours['errors']} / {theirs['errors']} / {django['errors']}", django["throughput_rps"], django["p99_ms"],
+                     f"{ours['throughput_rps'] / max(django['throughput_rps'], 1e-9):.2f}x"])
         ahead = ours["throughput_rps"] > theirs["throughput_rps"] and ours["p99_ms"] < theirs["p99_ms"]
         section.targets.append(Target(
             f"{clients} client(s): CLaaS ahead of MLflow (throughput and p99)",
             f"{ours['throughput_rps']:.0f} vs {theirs['throughput_rps']:.0f} req/s, p99 {ours['p99_ms']:.1f} vs "
             f"{theirs['p99_ms']:.1f} ms", "ahead on both", ahead))
-    clients, ours, theirs = results[-1]
+    clients, ours, theirs, _ = results[-1]
     ratio = ours["throughput_rps"] / max(theirs["throughput_rps"], 1e-9)
     section.targets.append(Target(f"{clients} clients: CLaaS throughput at least 2.0x MLflow's",
                                   f"{ratio:.2f}x", ">= 2.0x", ratio >= 2.0))
     section.tables.append(Table(["clients", "CLaaS req/s", "MLflow req/s", "throughput ratio", "CLaaS p50 ms",
-                                 "MLflow p50 ms", "CLaaS p99 ms", "MLflow p99 ms", "errors (CLaaS / MLflow)"],
+                                 "MLflow p50 ms", "CLaaS p99 ms", "MLflow p99 ms", "errors (CLaaS / MLflow / through Django)",
+                                 "through Django req/s", "through Django p99 ms", "fast path / Django"],
                                 rows))
     section.notes.append(f"`mlflow models serve` answered /ping {mlflow.start_s:.1f} s after it was started.")
     section.notes.append(
@@ -253,6 +310,11 @@ def run(ctx: Context) -> Section:
         "The web process freezes its long-lived objects out of the garbage collector "
         "(`clserver/serving/long_lived.py`); without that, collector pauses of 1 to 2 ms every 150 or so requests "
         "set CLaaS's p99.")
-    section.data = {"results": [{"clients": c, "claas": a, "mlflow": b} for c, a, b in results],
+    section.notes.append(
+        "\"through Django\" is a second CLaaS web process on the same data dir with `CLAAS_PREDICT_FAST_PATH=0`: the "
+        "same calls through Django's middleware, DRF's authentication, negotiation and throttles and the API view "
+        "(the same validation and model cache; no micro-batching, so each call is its own forward pass). "
+        "The last column is why the fast path stays: it is what Django's own stack costs per call.")
+    section.data = {"results": [{"clients": c, "claas": a, "mlflow": b, "through_django": d} for c, a, b, d in results],
                     "agreement": [agree, total]}
     return section
