@@ -6,6 +6,7 @@ import argparse
 import importlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -27,6 +28,13 @@ BENCHMARKS = {
 }
 RECORD = ROOT / "bench" / "BENCHMARKS.md"
 PARTIAL = ROOT / "var" / "bench" / "BENCHMARKS-partial.md"
+# Sections other commands record between their markers (bench/load.py, bench/asgi_servers.py): a full
+# run rewrites the file and keeps them, at the end (the load run then records its own again).
+MARKED = re.compile(r"<!-- ([a-z-]+):start -->.*?<!-- \1:end -->\n?", re.DOTALL)
+
+
+def marked_sections(path: Path) -> str:
+    return "".join(m.group(0) for m in MARKED.finditer(path.read_text())) if path.exists() else ""
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -102,6 +110,8 @@ def main(argv: list[str]) -> int:
     text = report.document(sections=sections, info=info, command=report.command_line(), started=started,
                            elapsed_s=elapsed, quick=args.quick)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if full and (kept := marked_sections(out)):
+        text = text.rstrip("\n") + "\n\n" + kept
     out.write_text(text)
     if full:
         # The reliability load run (50 clients, 30 s) records its own section after the others.
