@@ -83,10 +83,14 @@ def mlflow_server(*, database_url: str, artifacts: Path, log: Path) -> tuple[sub
     raise RuntimeError(f"mlflow server did not answer in 120 s: {log.read_text()[-2000:]}")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def scaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scaled]:
     """Web + two `run_worker --queue train` processes on PostgreSQL and Redis, each worker CPU-only, tracking
-    to a real `mlflow server` (its own PostgreSQL database)."""
+    to a real `mlflow server` (its own PostgreSQL database).
+
+    One stack for the whole session, shared by the scaled modules: each test uses users and names of its own,
+    and pytest-django runs the transactional websocket test apart from the others, so a module-scoped stack
+    was started three times. A test that needs both train workers asks for `two_train_workers`."""
     name = f"claas_test_{uuid.uuid4().hex[:10]}"
     huey_name = f"claastest{uuid.uuid4().hex[:6]}"
     cache = redis.Redis.from_url(REDIS_URL)
@@ -111,11 +115,25 @@ def scaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scaled]:
         yield Scaled(service=live, database_url=database_url, redis_url=REDIS_URL, huey_name=huey_name,
                      mlflow_url=mlflow_url)
     finally:
-        live.stop()
+        # The tracker stops alongside the service rather than after it; it is test scaffolding, so it is
+        # killed if it has not stopped by then (its store is dropped with the database below).
         os.killpg(tracker.pid, signal.SIGTERM)
-        tracker.wait(timeout=30)
+        live.stop()
+        try:
+            tracker.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(tracker.pid, signal.SIGKILL)
+            tracker.wait(timeout=30)
         with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             conn.execute(f'DROP DATABASE IF EXISTS "{name}_mlflow" WITH (FORCE)')
         cache.flushdb()
         cache.close()
+
+
+@pytest.fixture
+def two_train_workers(scaled: Scaled) -> Scaled:
+    """The shared stack with both of its train workers (a test before may have killed one)."""
+    while len(scaled.service.workers) < 2:
+        scaled.service.start_worker()
+    return scaled

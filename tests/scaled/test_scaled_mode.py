@@ -27,7 +27,7 @@ OPTIONS = {"model": {"architecture": "simple_mlp", "params": {"hidden_size": 128
 REPLAY = {"name": "replay", "params": {"mem_size": 200}}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def dana(scaled: Scaled):
     return scaled.service.user("dana")
 
@@ -56,7 +56,8 @@ def test_the_service_reports_the_scaled_mode(scaled):
     assert health.json()["mode"] == "scaled"
 
 
-def test_base_scenario_runs_on_two_worker_processes_at_once(scaled, dana, tmp_path):
+def test_base_scenario_runs_on_two_worker_processes_at_once(two_train_workers, dana, tmp_path):
+    scaled = two_train_workers
     create(dana, "replay", REPLAY)
     create(dana, "naive", {"name": "naive"})
     execute(dana, "replay")
@@ -161,7 +162,8 @@ def test_a_job_asking_for_cuda_waits_for_a_cuda_worker(scaled, dana):
         assert "CUDA" in detail["error"]
 
 
-def test_killing_one_of_two_workers_leaves_the_other_to_finish(scaled, dana):
+def test_killing_one_of_two_workers_leaves_the_other_to_finish(two_train_workers, dana):
+    scaled = two_train_workers
     create(dana, "crash", REPLAY, training={**OPTIONS["training"], "epochs": 5})
     execute(dana, "crash")
     deadline = time.time() + 180
