@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
-from channels.testing import WebsocketCommunicator
+from tests.websocket import WebsocketCommunicator
 
 from claas_site.settings import redis_channel_layer
 from clserver.experiments.events import experiment_group
