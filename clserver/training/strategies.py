@@ -199,8 +199,12 @@ def agem(model, optimizer, criterion, common, *, patterns_per_exp: int, sample_s
 def der(model, optimizer, criterion, common, *, mem_size: int, batch_size_mem: int, alpha: float, beta: float):
     from avalanche.training import DER
 
-    return DER(model=model, optimizer=optimizer, criterion=criterion, mem_size=mem_size,
-               batch_size_mem=batch_size_mem, alpha=alpha, beta=beta, **common)
+    from clserver.training.der_memory import TensorMemoryWithLogits
+
+    strategy = DER(model=model, optimizer=optimizer, criterion=criterion, mem_size=mem_size,
+                   batch_size_mem=batch_size_mem, alpha=alpha, beta=beta, **common)
+    strategy.storage_policy = TensorMemoryWithLogits(mem_size)  # the same memory, built in bulk
+    return strategy
 
 
 @STRATEGIES.register(
