@@ -36,6 +36,7 @@ from bench.update_cost_config import (  # noqa: F401  (the settings, shared with
     THREADS,
     TRAIN_MB,
     Config,
+    stream_strategy,
     _sum,
 )
 
@@ -178,8 +179,10 @@ class _Arm:
 
 
 def stateful_arm(stream: Any, seed: int, rule: dict[str, Any], epochs: int,
-                 spec: dict[str, Any] = STRATEGY) -> list[dict[str, Any]]:
-    """One model, updated experience by experience with a strategy (`spec`)."""
+                 spec: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One model, updated experience by experience with a strategy (`spec`; default: the benchmark's DER
+    with its memory capped at the stream's training samples, as the API caps it)."""
+    spec = spec or stream_strategy(sum(len(y) for _, y in stream.train))
     from avalanche.training.determinism.rng_manager import RNGManager
 
     from clserver.training.runner import stream_to_avalanche

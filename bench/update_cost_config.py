@@ -11,8 +11,14 @@ MODEL = {"architecture": "simple_mlp", "params": {"hidden_size": 1024, "drop_rat
 OPTIMIZER = {"name": "sgd", "lr": 0.1, "momentum": 0.9}
 # The stateful arm: Dark Experience Replay (DER++: labels and stored logits of the memory samples), as a
 # user sets it through the API (strategy params); bench/update_cost_report.py's NOTES say how each was chosen.
-MEMORY = 5000
+MEMORY = 10000  # capped per stream at its training samples, as the API caps mem_size (stream_strategy)
 STRATEGY = {"name": "der", "params": {"mem_size": MEMORY, "batch_size_mem": 64, "alpha": 0.5, "beta": 1.0}}
+
+
+def stream_strategy(n_train: int) -> dict[str, Any]:
+    """STRATEGY for a stream of `n_train` training samples: the API refuses a `mem_size` above that, so a
+    user sets at most the whole stream (where the memory then ends up holding every past sample)."""
+    return {**STRATEGY, "params": {**STRATEGY["params"], "mem_size": min(MEMORY, n_train)}}
 # The rule both arms stop by: `training.early_stopping` with the product's defaults (patience 2) but one
 # learning-rate cut (`lr_drops` 1: at the first plateau the best weights come back and the lr is divided by
 # 10), on the held-out part of every experience so far. MAX_EPOCHS is only a cap: both arms stop before it.
