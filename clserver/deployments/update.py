@@ -52,7 +52,7 @@ from clserver.training.loop import (
     tensor_dataset,
 )
 from clserver.training.early_stopping import MAX_EPOCHS, EarlyStoppingPlugin, early_stopping_on
-from clserver.training.plugins import CancelPlugin, ProgressPlugin, Tracker
+from clserver.training.plugins import CancelPlugin, ProgressPlugin, Tracker, YieldToServingPlugin
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ class UpdateRun:
 
         candidate = copy.deepcopy(champion).train()
         plugin = ProgressPlugin(on_epoch_end=self.epoch_end)
-        plugins = [plugin, CancelPlugin(check=self.job.check_cancel)]
+        plugins = [plugin, CancelPlugin(check=self.job.check_cancel), YieldToServingPlugin()]
         stopping = None
         if early := early_stopping_on(self.training):
             # It stops on what the decision is made on: the validation set and the held-out new samples.

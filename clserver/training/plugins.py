@@ -89,6 +89,26 @@ class CancelPlugin(LivePlugin):
         self.check()
 
 
+class YieldToServingPlugin(LivePlugin):
+    """After every minibatch, lets a web thread waiting for this core run first (`sched_yield`), where the
+    worker runs below serving's priority (`CLAAS_WORKER_NICE` > 0, the embedded mode's default).
+
+    A web thread that wakes on the core where training runs does not always preempt it at once: it may
+    wait for the scheduler's next tick (milliseconds), which is what an update added to `predict`'s p99.
+    Yielding bounds that wait to one minibatch; with nobody waiting it returns at once (about a microsecond).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        from django.conf import settings
+
+        self.enabled = settings.WORKER_NICE > 0 and hasattr(os, "sched_yield")
+
+    def after_training_iteration(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        if self.enabled:
+            os.sched_yield()
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite: the model is unusable and the run stops with the reason."""
 

@@ -42,6 +42,7 @@ from clserver.training.plugins import (
     ProgressPlugin,
     StreamEvaluationPlugin,
     Tracker,
+    YieldToServingPlugin,
     checkpoint_load,
     plugins_attach,
 )
@@ -173,6 +174,7 @@ class ExperimentRun:
         return [
             self.progress,
             CancelPlugin(check=self.job.check_cancel),
+            YieldToServingPlugin(),
             self.loss_curve,
             DivergencePlugin(progress=self.progress, experience=lambda: self.current),
             *([self.early_stopping] if self.early_stopping is not None else []),
