@@ -156,8 +156,12 @@ def _thread_stats(pid: int, field: int) -> list[int]:
     """One numeric field of /proc/<pid>/task/*/stat for every thread (fields counted from 3, after the name)."""
     values = []
     for task in Path(f"/proc/{pid}/task").iterdir():
-        stat = (task / "stat").read_text()
+        try:
+            stat = (task / "stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # a thread that ended between the listing and the read (a pool thread retiring)
         values.append(int(stat.rsplit(")", 1)[1].split()[field - 3]))
+    assert values, f"no threads listed for process {pid}"
     return values
 
 
