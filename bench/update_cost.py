@@ -242,9 +242,10 @@ def repetition(stream: Any, seed: int, rule: dict[str, Any], epochs: int) -> dic
     }
 
 
-def compare(name: str, stream: Any, config: Config, rule: dict[str, Any], ctx: Context) -> dict[str, Any]:
+def compare(name: str, stream: Any, config: Config, rule: dict[str, Any], ctx: Context,
+            seeds: tuple[int, ...]) -> dict[str, Any]:
     reps = []
-    for seed in config.seeds:
+    for seed in seeds:
         rep = repetition(stream, seed, rule, config.max_epochs)
         reps.append(rep)
         ctx.say(f"{name}, seed {seed}: last update {rep['last_time_ratio']:.1f}x cheaper in time "
@@ -291,16 +292,18 @@ def _run(ctx: Context) -> Section:
     owner = upload_drifting_dataset(config.copies)
     streams = [
         ("permuted", f"permuted_digits, {config.permuted_experiences} experiences",
-         load_stream("permuted_digits", {"n_experiences": config.permuted_experiences, "seed": 1}, owner)),
+         load_stream("permuted_digits", {"n_experiences": config.permuted_experiences, "seed": 1}, owner),
+         config.seeds),
         ("uploaded", f"uploaded drifting digits (time_ordered), {config.ordered_experiences} experiences",
          load_stream("dataset", {"dataset": DRIFT_DATASET, "scenario": "time_ordered",
-                                 "n_experiences": config.ordered_experiences, "seed": 1}, owner)),
+                                 "n_experiences": config.ordered_experiences, "seed": 1}, owner),
+         config.ordered_seeds),
     ]
     warm_up(streams[0][2], rule)
     results = []
-    for key, name, stream in streams:
-        ctx.say(f"{name}: {len(config.seeds)} repetitions of {STRATEGY['name']} updates and cumulative retraining")
-        results.append((key, compare(name, stream, config, rule, ctx)))
+    for key, name, stream, seeds in streams:
+        ctx.say(f"{name}: {len(seeds)} repetitions of {STRATEGY['name']} updates and cumulative retraining")
+        results.append((key, compare(name, stream, config, rule, ctx, seeds)))
     from bench.update_cost_report import section
 
     return section(config, rule, results)
